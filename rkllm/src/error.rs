@@ -1,0 +1,36 @@
+use std::path::PathBuf;
+
+/// Why a runtime library could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("runtime library {0} does not exist (set the path to librkllmrt.so)")]
+    NotFound(PathBuf),
+    #[error("cannot load {path} as a shared library: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: libloading::Error,
+    },
+    #[error("{path} is not an RKLLM runtime: it lacks the symbol `{symbol}`")]
+    MissingSymbol { path: PathBuf, symbol: &'static str },
+}
+
+/// Errors from an initialised runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("rkllm_init failed for model {model} (see the runtime's log above for the reason)")]
+    InitFailed { model: String },
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("{what} is not available in ABI family {family}")]
+    Unsupported {
+        what: &'static str,
+        family: crate::AbiFamily,
+    },
+    #[error("{function} returned {code}")]
+    CallFailed { function: &'static str, code: i32 },
+    #[error("the step callback panicked: {0}")]
+    CallbackPanicked(String),
+}

@@ -1,0 +1,20 @@
+//! The RKLLM C API for Rust: `#[repr(C)]` declarations of both ABI families ([`abi`]) and a
+//! safe wrapper that loads any `librkllmrt.so` at run time (Rockchip's, or rkserve's CPU
+//! runtime) and drives multi-batch runs through it.
+//!
+//! Data flow: [`Runtime::load`] → [`Runtime::init`] gives a [`Handle`] → [`Handle::run`] takes
+//! one [`Input`] per batch slot and calls back once per decode step with a [`Step`] holding
+//! every slot's result.
+
+pub mod abi;
+mod callback;
+mod error;
+mod handle;
+mod library;
+mod params;
+
+pub use callback::{Flow, SlotResult, Step, StepState};
+pub use error::{Error, LoadError};
+pub use handle::{AbortHandle, Handle, RunOutcome};
+pub use library::{AbiFamily, Runtime};
+pub use params::{InferParams, InitParams, Input, InputKind, PromptCache, Sampling};

@@ -1,0 +1,187 @@
+use crate::abi::{self, v1_2, v1_3};
+use crate::error::{Error, LoadError};
+use crate::handle::Handle;
+use crate::params::InitParams;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+/// The two incompatible ABI families of `librkllmrt.so`. Which one a library speaks cannot be
+/// read from its symbols (the runtime prints its version when it loads), so it is configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum AbiFamily {
+    /// v1.2.1, v1.2.2, v1.2.3.
+    V1_2,
+    /// v1.3.0.
+    #[default]
+    V1_3,
+}
+
+impl fmt::Display for AbiFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AbiFamily::V1_2 => "1.2",
+            AbiFamily::V1_3 => "1.3",
+        })
+    }
+}
+
+impl FromStr for AbiFamily {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().trim_start_matches('v') {
+            "1.2" | "1.2.1" | "1.2.2" | "1.2.3" => Ok(AbiFamily::V1_2),
+            "1.3" | "1.3.0" => Ok(AbiFamily::V1_3),
+            other => Err(format!(
+                "unknown RKLLM ABI family '{other}': expected 1.2 (runtime 1.2.x) or 1.3 (runtime 1.3.0)"
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+pub(crate) enum FamilyFns {
+    V1_2 {
+        create_default: v1_2::CreateDefaultParamFn,
+        init: v1_2::InitFn,
+        run: v1_2::RunFn,
+        run_async: Option<v1_2::RunFn>,
+    },
+    V1_3 {
+        create_default: v1_3::CreateDefaultParamFn,
+        init: v1_3::InitFn,
+        run: v1_3::RunFn,
+        run_async: Option<v1_3::RunFn>,
+    },
+}
+
+/// Function pointers resolved once at load time. They stay valid while the `Runtime`'s
+/// `libloading::Library` is alive, which every holder of `Fns` guarantees by holding the Arc.
+#[derive(Clone, Copy)]
+pub(crate) struct Fns {
+    pub family: FamilyFns,
+    pub destroy: abi::DestroyFn,
+    pub abort: abi::AbortFn,
+    pub is_running: abi::IsRunningFn,
+    pub clear_kv_cache: Option<abi::ClearKvCacheFn>,
+    pub get_kv_cache_size: Option<abi::GetKvCacheSizeFn>,
+    pub set_chat_template: Option<abi::SetChatTemplateFn>,
+    pub load_prompt_cache: Option<abi::LoadPromptCacheFn>,
+    pub release_prompt_cache: Option<abi::ReleasePromptCacheFn>,
+}
+
+pub(crate) struct Loaded {
+    pub fns: Fns,
+    pub path: PathBuf,
+    // Dropped last: unloading the library invalidates every pointer in `fns`.
+    _lib: libloading::Library,
+}
+
+/// A loaded `librkllmrt.so`. Cheap to clone; handles keep it loaded.
+#[derive(Clone)]
+pub struct Runtime {
+    pub(crate) inner: Arc<Loaded>,
+    family: AbiFamily,
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime")
+            .field("path", &self.inner.path)
+            .field("family", &self.family)
+            .finish()
+    }
+}
+
+fn required<T: Copy>(
+    lib: &libloading::Library,
+    path: &Path,
+    symbol: &'static str,
+) -> Result<T, LoadError> {
+    optional(lib, symbol).ok_or_else(|| LoadError::MissingSymbol {
+        path: path.to_path_buf(),
+        symbol,
+    })
+}
+
+fn optional<T: Copy>(lib: &libloading::Library, symbol: &'static str) -> Option<T> {
+    // SAFETY: T is one of the fn-pointer types of `abi`, declared to match rkllm.h for the
+    // family the caller chose; the pointer is copied out and used only while `lib` is loaded.
+    unsafe { lib.get::<T>(symbol.as_bytes()).ok().map(|s| *s) }
+}
+
+impl Runtime {
+    /// Loads a runtime library and resolves its symbols for `family`.
+    pub fn load(path: impl AsRef<Path>, family: AbiFamily) -> Result<Runtime, LoadError> {
+        let path = path.as_ref();
+        if !path.exists() {
+            return Err(LoadError::NotFound(path.to_path_buf()));
+        }
+        // SAFETY: loading a library runs its initialisers. That is inherent to using a
+        // runtime library at all; the path is the one the user configured.
+        let lib = unsafe { libloading::Library::new(path) }.map_err(|source| LoadError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let family_fns = match family {
+            AbiFamily::V1_2 => FamilyFns::V1_2 {
+                create_default: required(&lib, path, "rkllm_createDefaultParam")?,
+                init: required(&lib, path, "rkllm_init")?,
+                run: required(&lib, path, "rkllm_run")?,
+                run_async: optional(&lib, "rkllm_run_async"),
+            },
+            AbiFamily::V1_3 => FamilyFns::V1_3 {
+                create_default: required(&lib, path, "rkllm_createDefaultParam")?,
+                init: required(&lib, path, "rkllm_init")?,
+                run: required(&lib, path, "rkllm_run")?,
+                run_async: optional(&lib, "rkllm_run_async"),
+            },
+        };
+        let fns = Fns {
+            family: family_fns,
+            destroy: required(&lib, path, "rkllm_destroy")?,
+            abort: required(&lib, path, "rkllm_abort")?,
+            is_running: required(&lib, path, "rkllm_is_running")?,
+            clear_kv_cache: optional(&lib, "rkllm_clear_kv_cache"),
+            get_kv_cache_size: optional(&lib, "rkllm_get_kv_cache_size"),
+            set_chat_template: optional(&lib, "rkllm_set_chat_template"),
+            load_prompt_cache: optional(&lib, "rkllm_load_prompt_cache"),
+            release_prompt_cache: optional(&lib, "rkllm_release_prompt_cache"),
+        };
+        Ok(Runtime {
+            inner: Arc::new(Loaded {
+                fns,
+                path: path.to_path_buf(),
+                _lib: lib,
+            }),
+            family,
+        })
+    }
+
+    pub fn family(&self) -> AbiFamily {
+        self.family
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The runtime's own defaults (`rkllm_createDefaultParam`), as family-neutral parameters.
+    pub fn default_params(&self) -> InitParams {
+        match self.inner.fns.family {
+            // SAFETY: each is declared with the layout of the family the caller chose.
+            FamilyFns::V1_2 { create_default, .. } => {
+                InitParams::from_v1_2(&unsafe { create_default() })
+            }
+            FamilyFns::V1_3 { create_default, .. } => {
+                InitParams::from_v1_3(&unsafe { create_default() })
+            }
+        }
+    }
+
+    /// Creates a handle: loads the model and allocates `n_batch` sequences.
+    pub fn init(&self, params: &InitParams) -> Result<Handle, Error> {
+        Handle::init(self.clone(), params)
+    }
+}
