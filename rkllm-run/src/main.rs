@@ -1,1 +1,148 @@
-fn main(){}
+//! `rkllm-run`: runs one prompt, or a batch of prompts in one multi-batch run, through any
+//! `librkllmrt.so` (Rockchip's or rkserve's CPU runtime, either ABI family) and prints the
+//! streamed text and the runtime's perf stats. The first thing to run on a new board.
+
+use clap::Parser;
+use rkllm::{AbiFamily, Flow, InferParams, Input, Runtime, Sampling, StepState};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// The runtime library. Default: librkllmrt.so next to this executable (the CPU runtime).
+    #[arg(long, env = "RKSERVE_RUNTIME_LIB")]
+    lib: Option<PathBuf>,
+    /// ABI family of the library: 1.3 (runtime 1.3.0) or 1.2 (runtime 1.2.x).
+    #[arg(long, default_value = "1.3", env = "RKSERVE_RUNTIME_ABI")]
+    abi: AbiFamily,
+    /// A .rkllm model (NPU), a .gguf model or a synthetic .toml profile (CPU runtime).
+    #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    model: PathBuf,
+    /// A prompt; repeat for a batch (one slot each).
+    #[arg(short, long = "prompt", required = true)]
+    prompts: Vec<String>,
+    /// Slots per run; default: the number of prompts.
+    #[arg(long)]
+    n_batch: Option<u8>,
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: i32,
+    #[arg(long, default_value_t = 2048)]
+    max_context_len: i32,
+    /// Always take the most likely token.
+    #[arg(long)]
+    greedy: bool,
+    #[arg(long)]
+    temperature: Option<f32>,
+    #[arg(long)]
+    top_k: Option<i32>,
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Pass prompts to the model verbatim instead of wrapping them in its chat template.
+    #[arg(long)]
+    raw: bool,
+}
+
+fn default_lib() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("librkllmrt.so")))
+        .unwrap_or_else(|| PathBuf::from("librkllmrt.so"))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rkllm-run: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let lib = args.lib.unwrap_or_else(default_lib);
+    let rt = Runtime::load(&lib, args.abi)?;
+    let n_prompts = args.prompts.len();
+    let n_batch = args.n_batch.unwrap_or(n_prompts.min(8) as u8);
+    if n_prompts > n_batch as usize {
+        return Err(
+            format!("{n_prompts} prompts do not fit in n_batch {n_batch} (at most 8)").into(),
+        );
+    }
+    let mut sampling = if args.greedy {
+        Sampling::greedy()
+    } else {
+        rt.default_params().sampling
+    };
+    if let Some(t) = args.temperature {
+        sampling.temperature = t;
+    }
+    if let Some(k) = args.top_k {
+        sampling.top_k = k;
+    }
+    if let Some(p) = args.top_p {
+        sampling.top_p = p;
+    }
+    let mut params = rt.default_params();
+    params.model_path = args.model.clone();
+    params.n_batch = n_batch;
+    params.max_new_tokens = args.max_new_tokens;
+    params.max_context_len = args.max_context_len;
+    params.sampling = sampling;
+    eprintln!(
+        "loading {} with {} (ABI {}), n_batch {n_batch}",
+        args.model.display(),
+        lib.display(),
+        args.abi
+    );
+    let mut handle = rt.init(&params)?;
+    if args.raw {
+        handle.set_chat_template("", "", "")?;
+    }
+    let inputs: Vec<Input> = args.prompts.iter().map(Input::prompt).collect();
+    let stream = n_prompts == 1;
+    let mut texts = vec![Vec::<u8>::new(); n_batch as usize];
+    let mut perf = Vec::new();
+    let outcome = handle.run(&inputs, &InferParams::default(), |step| {
+        if step.state() == StepState::Finish {
+            perf = step.slots().map(|s| s.perf).collect();
+            return Flow::Continue;
+        }
+        for (i, slot) in step.slots().enumerate() {
+            if let Some(t) = slot.text {
+                texts[i].extend_from_slice(t);
+                if stream && i == 0 {
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(t);
+                    let _ = out.flush();
+                }
+            }
+        }
+        Flow::Continue
+    })?;
+    if stream {
+        println!();
+    } else {
+        for (i, t) in texts.iter().enumerate().take(n_prompts) {
+            println!("--- slot {i}: {}", args.prompts[i]);
+            println!("{}", String::from_utf8_lossy(t));
+        }
+    }
+    eprintln!("run: {outcome:?}");
+    for (i, p) in perf.iter().enumerate().take(n_prompts) {
+        let tps = if p.generate_time_ms > 0.0 {
+            p.generate_tokens as f32 * 1000.0 / p.generate_time_ms
+        } else {
+            0.0
+        };
+        eprintln!(
+            "slot {i}: prefill {} tokens in {:.1} ms, generated {} tokens in {:.1} ms ({tps:.1} tok/s), peak memory {:.0} MB",
+            p.prefill_tokens, p.prefill_time_ms, p.generate_tokens, p.generate_time_ms, p.memory_usage_mb
+        );
+    }
+    handle.destroy()?;
+    Ok(())
+}

@@ -8,6 +8,8 @@ use crate::params::{InferParams, InitParams, Input, InputKind};
 use crate::AbiFamily;
 use std::ffi::{c_int, c_void, CString};
 use std::ptr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,7 +18,9 @@ pub enum RunOutcome {
     Finished,
     /// The runtime reported ERROR.
     Failed,
-    /// The run returned early: aborted, or paused by the callback.
+    /// [`AbortHandle::abort`] was called during the run.
+    Aborted,
+    /// The run returned without FINISH: paused by the callback.
     Stopped,
 }
 
@@ -25,10 +29,12 @@ pub enum RunOutcome {
 pub struct AbortHandle {
     rt: Runtime,
     raw: usize,
+    requested: Arc<AtomicBool>,
 }
 
 impl AbortHandle {
     pub fn abort(&self) -> Result<(), Error> {
+        self.requested.store(true, Ordering::Release);
         // SAFETY: the handle stays valid while this AbortHandle's Handle has not been
         // destroyed; Handle::destroy documents that outstanding AbortHandles must be dropped.
         let code = unsafe { (self.rt.inner.fns.abort)(self.raw as LLMHandle) };
@@ -127,6 +133,7 @@ pub struct Handle {
     // The v1.3 runtime may keep the pointer it was given at init.
     _v13_callback: Option<Box<v1_3::RKLLMCallback>>,
     async_ctx: Option<Box<CallbackCtx<'static>>>,
+    abort_requested: Arc<AtomicBool>,
 }
 
 // SAFETY: an RKLLM handle is an opaque pointer the runtime lets any thread use; `run` takes
@@ -176,6 +183,7 @@ impl Handle {
             n_batch: params.n_batch as usize,
             _v13_callback: v13_callback,
             async_ctx: None,
+            abort_requested: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -191,6 +199,7 @@ impl Handle {
         AbortHandle {
             rt: self.rt.clone(),
             raw: self.raw as usize,
+            requested: self.abort_requested.clone(),
         }
     }
 
@@ -203,6 +212,7 @@ impl Handle {
         on_step: impl FnMut(&Step<'_>) -> Flow + Send + 'f,
     ) -> Result<RunOutcome, Error> {
         self.reap_async()?;
+        self.abort_requested.store(false, Ordering::Release);
         let mut ctx = CallbackCtx::new(self.n_batch, Box::new(on_step));
         let code = self.call_run(
             inputs,
@@ -222,7 +232,9 @@ impl Handle {
                 code,
             });
         }
-        Ok(if ctx.saw_finish {
+        Ok(if self.abort_requested.load(Ordering::Acquire) {
+            RunOutcome::Aborted
+        } else if ctx.saw_finish {
             RunOutcome::Finished
         } else {
             RunOutcome::Stopped
@@ -238,6 +250,7 @@ impl Handle {
         on_step: impl FnMut(&Step<'_>) -> Flow + Send + 'static,
     ) -> Result<(), Error> {
         self.reap_async()?;
+        self.abort_requested.store(false, Ordering::Release);
         let mut ctx = Box::new(CallbackCtx::new(self.n_batch, Box::new(on_step)));
         let userdata = &mut *ctx as *mut CallbackCtx<'static> as *mut c_void;
         let code = self.call_run(inputs, infer, userdata, true)?;
@@ -374,7 +387,10 @@ impl Handle {
 
     /// Tokens held in the KV cache, per slot.
     pub fn kv_cache_sizes(&self) -> Result<Vec<i32>, Error> {
-        let f = self.optional_fn(self.rt.inner.fns.get_kv_cache_size, "rkllm_get_kv_cache_size")?;
+        let f = self.optional_fn(
+            self.rt.inner.fns.get_kv_cache_size,
+            "rkllm_get_kv_cache_size",
+        )?;
         let mut sizes = vec![0 as c_int; self.n_batch];
         // SAFETY: sizes has n_batch entries.
         let code = unsafe { f(self.raw, sizes.as_mut_ptr()) };
@@ -383,8 +399,16 @@ impl Handle {
     }
 
     /// Overrides the chat template; `("", "", "")` makes the runtime pass text verbatim.
-    pub fn set_chat_template(&mut self, system: &str, prefix: &str, postfix: &str) -> Result<(), Error> {
-        let f = self.optional_fn(self.rt.inner.fns.set_chat_template, "rkllm_set_chat_template")?;
+    pub fn set_chat_template(
+        &mut self,
+        system: &str,
+        prefix: &str,
+        postfix: &str,
+    ) -> Result<(), Error> {
+        let f = self.optional_fn(
+            self.rt.inner.fns.set_chat_template,
+            "rkllm_set_chat_template",
+        )?;
         let (s, p, q) = (
             cstring("system prompt", system)?,
             cstring("prefix", prefix)?,
@@ -396,7 +420,10 @@ impl Handle {
     }
 
     pub fn load_prompt_cache(&mut self, path: &std::path::Path) -> Result<(), Error> {
-        let f = self.optional_fn(self.rt.inner.fns.load_prompt_cache, "rkllm_load_prompt_cache")?;
+        let f = self.optional_fn(
+            self.rt.inner.fns.load_prompt_cache,
+            "rkllm_load_prompt_cache",
+        )?;
         let c = cstring("prompt cache path", &path.to_string_lossy())?;
         // SAFETY: a C string alive for the call.
         let code = unsafe { f(self.raw, c.as_ptr()) };
@@ -449,7 +476,12 @@ impl Drop for Handle {
     }
 }
 
-fn pick<T>(run: T, run_async: Option<T>, asynchronous: bool, family: AbiFamily) -> Result<T, Error> {
+fn pick<T>(
+    run: T,
+    run_async: Option<T>,
+    asynchronous: bool,
+    family: AbiFamily,
+) -> Result<T, Error> {
     if !asynchronous {
         return Ok(run);
     }

@@ -168,15 +168,29 @@ fn types_shared_by_both_families() {
 #[test]
 fn enums_have_the_c_values() {
     assert_eq!(
-        (call_state::NORMAL, call_state::WAITING, call_state::FINISH, call_state::ERROR),
+        (
+            call_state::NORMAL,
+            call_state::WAITING,
+            call_state::FINISH,
+            call_state::ERROR
+        ),
         (0, 1, 2, 3)
     );
     assert_eq!(
-        (input_type::PROMPT, input_type::TOKEN, input_type::EMBED, input_type::MULTIMODAL),
+        (
+            input_type::PROMPT,
+            input_type::TOKEN,
+            input_type::EMBED,
+            input_type::MULTIMODAL
+        ),
         (0, 1, 2, 3)
     );
     assert_eq!(
-        (infer_mode::GENERATE, infer_mode::GET_LAST_HIDDEN_LAYER, infer_mode::GET_LOGITS),
+        (
+            infer_mode::GENERATE,
+            infer_mode::GET_LAST_HIDDEN_LAYER,
+            infer_mode::GET_LOGITS
+        ),
         (0, 1, 2)
     );
 }

@@ -1,0 +1,631 @@
+//! The llama.cpp engine: a GGUF model, `n_batch` llama.cpp sequences in one context, decoded
+//! together in one forward pass per step. Each sequence has its own KV stream of
+//! `max_context_len` cells (non-unified KV), so slots never see each other's tokens.
+
+use crate::engine::{Backend, EngineError, Sampled};
+use crate::request::{RunRequest, SlotInput};
+use crate::sysinfo;
+use crate::template::ChatTemplate;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::session::LlamaStateSeqFlags;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use parking_lot::Mutex;
+use rkllm::Sampling;
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+
+/// llama.cpp's backend may be initialised once per process.
+fn backend() -> Result<&'static LlamaBackend, EngineError> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            let verbose = std::env::var_os("RKLLM_CPU_LOG").is_some_and(|v| v != "0");
+            if !verbose {
+                llama_cpp_2::send_logs_to_tracing(
+                    llama_cpp_2::LogOptions::default().with_logs_enabled(false),
+                );
+            }
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| EngineError::Load {
+            path: String::new(),
+            reason: format!("llama.cpp backend: {e}"),
+        })
+}
+
+/// Handles of one model share its weights, as instances of one `.rkllm` do on the NPU.
+pub fn load_model(path: &Path) -> Result<Arc<LlamaModel>, EngineError> {
+    static MODELS: OnceLock<Mutex<HashMap<PathBuf, Weak<LlamaModel>>>> = OnceLock::new();
+    let err = |reason: String| EngineError::Load {
+        path: path.display().to_string(),
+        reason,
+    };
+    let key = path.canonicalize().map_err(|e| err(e.to_string()))?;
+    let mut models = MODELS.get_or_init(Default::default).lock();
+    if let Some(m) = models.get(&key).and_then(Weak::upgrade) {
+        return Ok(m);
+    }
+    let mut magic = [0u8; 4];
+    use std::io::Read;
+    std::fs::File::open(&key)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .map_err(|e| err(format!("cannot read the file: {e}")))?;
+    if &magic != b"GGUF" {
+        return Err(err("not a GGUF file (bad magic)".into()));
+    }
+    let model = LlamaModel::load_from_file(backend()?, &key, &LlamaModelParams::default())
+        .map_err(|e| err(format!("llama.cpp rejected it: {e}")))?;
+    let model = Arc::new(model);
+    models.insert(key, Arc::downgrade(&model));
+    Ok(model)
+}
+
+/// What the engine needs from `rkllm_init`.
+#[derive(Debug, Clone)]
+pub struct LlamaConfig {
+    pub n_batch: usize,
+    pub max_context_len: i32,
+    pub threads: i32,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// Tokens in this slot's KV cache.
+    tokens: Vec<LlamaToken>,
+    /// Prompt tokens waiting for prefill.
+    pending: Vec<LlamaToken>,
+    /// Tokens of the system prompt at the start of `tokens`.
+    system_len: usize,
+    sampler: Option<LlamaSampler>,
+    /// Index of this slot's logits in the last decoded batch.
+    logits: i32,
+}
+
+struct PromptCache {
+    tokens: Vec<LlamaToken>,
+    state: llama_cpp_2::context::session::SeqState,
+}
+
+pub struct LlamaEngine<'m> {
+    model: &'m LlamaModel,
+    ctx: LlamaContext<'m>,
+    slots: Vec<Slot>,
+    context_len: usize,
+    batch: LlamaBatch<'static>,
+    batch_capacity: usize,
+    template: ChatTemplate,
+    bos_text: String,
+    cache: Option<PromptCache>,
+    save_cache: Option<PathBuf>,
+    skip_special: bool,
+}
+
+fn seed() -> u32 {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let base = std::env::var("RKLLM_CPU_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+        });
+    base.wrapping_add(COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+fn sampler_for(s: &Sampling, n_vocab: i32) -> LlamaSampler {
+    let penalties = LlamaSampler::penalties(
+        n_vocab,
+        64,
+        if s.repeat_penalty > 0.0 {
+            s.repeat_penalty
+        } else {
+            1.0
+        },
+        s.frequency_penalty,
+        s.presence_penalty,
+    );
+    let mut chain = vec![penalties];
+    match s.mirostat {
+        1 => {
+            chain.push(LlamaSampler::temp(s.temperature.max(0.01)));
+            chain.push(LlamaSampler::mirostat(
+                n_vocab,
+                seed(),
+                s.mirostat_tau,
+                s.mirostat_eta,
+                100,
+            ));
+        }
+        2 => {
+            chain.push(LlamaSampler::temp(s.temperature.max(0.01)));
+            chain.push(LlamaSampler::mirostat_v2(
+                seed(),
+                s.mirostat_tau,
+                s.mirostat_eta,
+            ));
+        }
+        _ if s.is_greedy() => chain.push(LlamaSampler::greedy()),
+        _ => {
+            if s.top_k > 0 {
+                chain.push(LlamaSampler::top_k(s.top_k));
+            }
+            if s.top_p > 0.0 && s.top_p < 1.0 {
+                chain.push(LlamaSampler::top_p(s.top_p, 1));
+            }
+            chain.push(LlamaSampler::temp(s.temperature));
+            chain.push(LlamaSampler::dist(seed()));
+        }
+    }
+    LlamaSampler::chain_simple(chain)
+}
+
+impl<'m> LlamaEngine<'m> {
+    pub fn new(model: &'m LlamaModel, cfg: &LlamaConfig) -> Result<Self, EngineError> {
+        let trained = model.n_ctx_train() as usize;
+        let context_len = if cfg.max_context_len > 0 {
+            (cfg.max_context_len as usize).min(trained)
+        } else {
+            trained
+        };
+        if cfg.max_context_len as usize > trained {
+            eprintln!(
+                "rkllm-cpu: max_context_len {} exceeds the model's trained context {trained}; using {trained}",
+                cfg.max_context_len
+            );
+        }
+        let n = cfg.n_batch;
+        let batch_capacity = 512;
+        let n_ctx = NonZeroU32::new((context_len * n) as u32);
+        let params = LlamaContextParams::default()
+            .with_n_ctx(n_ctx)
+            .with_n_seq_max(n as u32)
+            .with_kv_unified(false)
+            .with_n_batch(batch_capacity as u32)
+            .with_n_ubatch(batch_capacity as u32)
+            .with_n_threads(cfg.threads)
+            .with_n_threads_batch(cfg.threads);
+        let ctx = model
+            .new_context(backend()?, params)
+            .map_err(|e| EngineError::Load {
+                path: String::new(),
+                reason: format!("cannot create a context of {context_len} x {n}: {e}"),
+            })?;
+        let vocab = model.vocab();
+        let bos_text = vocab
+            .text(vocab.bos())
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let eos_text = vocab
+            .text(vocab.eos())
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let template = match model
+            .chat_template(None)
+            .ok()
+            .and_then(|t| t.to_string().ok())
+        {
+            Some(source) => ChatTemplate::Jinja {
+                source,
+                bos: bos_text.clone(),
+                eos: eos_text,
+            },
+            None => {
+                eprintln!("rkllm-cpu: the model has no chat template; prompts are used verbatim");
+                ChatTemplate::verbatim()
+            }
+        };
+        Ok(LlamaEngine {
+            model,
+            ctx,
+            slots: (0..n).map(|_| Slot::default()).collect(),
+            context_len,
+            batch: LlamaBatch::new(batch_capacity, n as i32),
+            batch_capacity,
+            template,
+            bos_text,
+            cache: None,
+            save_cache: None,
+            skip_special: true,
+        })
+    }
+
+    fn tokenize(&self, text: &str, first: bool) -> Vec<LlamaToken> {
+        let vocab = self.model.vocab();
+        // Templates that write the BOS text themselves must not get a second one.
+        let add_bos = first && vocab.should_add_bos() && !text.starts_with(&self.bos_text);
+        vocab.tokenize(text.as_bytes(), add_bos, true)
+    }
+
+    fn clear_slot(&mut self, i: usize) {
+        let _ = self.ctx.clear_kv_cache_seq(Some(i as u32), None, None);
+        self.slots[i].tokens.clear();
+        self.slots[i].system_len = 0;
+    }
+
+    fn decode_batch(&mut self) -> Result<(), EngineError> {
+        self.ctx
+            .decode(&mut self.batch)
+            .map_err(|e| EngineError::Decode(e.to_string()))
+    }
+
+    /// Starts slot `i` from the loaded prompt cache if it shares a prefix with `prompt`.
+    /// Returns how many prompt tokens that saves.
+    fn reuse_prompt_cache(&mut self, i: usize, prompt: &[LlamaToken]) -> usize {
+        let Some(cache) = &self.cache else { return 0 };
+        let common = cache
+            .tokens
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+            // At least one token must be decoded to get logits.
+            .min(prompt.len().saturating_sub(1));
+        if common == 0 || self.ctx.state_seq_set(&cache.state, i as i32).is_err() {
+            return 0;
+        }
+        if common < cache.tokens.len() {
+            let _ = self
+                .ctx
+                .kv_cache_seq_rm(i as i32, Some(common as u32), None);
+        }
+        self.slots[i].tokens = prompt[..common].to_vec();
+        common
+    }
+}
+
+impl Backend for LlamaEngine<'_> {
+    fn n_slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn prepare(&mut self, req: &RunRequest) -> Result<Vec<Option<usize>>, EngineError> {
+        let mut prompts: Vec<Option<(Vec<LlamaToken>, usize)>> =
+            Vec::with_capacity(req.slots.len());
+        for (i, input) in req.slots.iter().enumerate() {
+            let continuing = req.keep_history && !self.slots[i].tokens.is_empty();
+            let history = if continuing {
+                self.slots[i].tokens.len()
+            } else {
+                0
+            };
+            let tokens = match input {
+                SlotInput::Idle => {
+                    prompts.push(None);
+                    continue;
+                }
+                SlotInput::Prompt {
+                    text,
+                    role,
+                    enable_thinking,
+                } => {
+                    let wrapped = if continuing {
+                        self.template.next_turn(role, text, *enable_thinking)
+                    } else {
+                        self.template.first_turn(role, text, *enable_thinking)
+                    }
+                    .map_err(EngineError::InvalidInput)?;
+                    self.tokenize(&wrapped, !continuing)
+                }
+                SlotInput::Tokens(ids) => {
+                    let n_vocab = self.model.n_vocab();
+                    if let Some(bad) = ids.iter().find(|&&t| t < 0 || t >= n_vocab) {
+                        return Err(EngineError::InvalidInput(format!(
+                            "slot {i}: token id {bad} is outside the vocabulary (0..{n_vocab})"
+                        )));
+                    }
+                    ids.iter().map(|&t| LlamaToken(t)).collect()
+                }
+            };
+            if tokens.is_empty() {
+                return Err(EngineError::InvalidInput(format!("slot {i}: empty prompt")));
+            }
+            if history + tokens.len() + 1 > self.context_len {
+                return Err(EngineError::ContextOverflow {
+                    slot: i,
+                    needed: history + tokens.len() + 1,
+                    limit: self.context_len,
+                });
+            }
+            let system_len = if continuing {
+                self.slots[i].system_len
+            } else if let SlotInput::Prompt {
+                enable_thinking, ..
+            } = input
+            {
+                let system = self.template.system_part(*enable_thinking);
+                if system.is_empty() {
+                    0
+                } else {
+                    self.tokenize(&system, true).len()
+                }
+            } else {
+                0
+            };
+            prompts.push(Some((tokens, system_len)));
+        }
+
+        // Nothing has changed so far; from here on the run owns the busy slots.
+        let n_vocab = self.model.n_vocab();
+        self.skip_special = req.skip_special_token;
+        self.save_cache = req.save_prompt_cache.clone();
+        let mut plan = Vec::with_capacity(prompts.len());
+        for (i, p) in prompts.into_iter().enumerate() {
+            let Some((tokens, system_len)) = p else {
+                plan.push(None);
+                continue;
+            };
+            let continuing = req.keep_history && !self.slots[i].tokens.is_empty();
+            let reused = if continuing {
+                0
+            } else {
+                self.clear_slot(i);
+                self.reuse_prompt_cache(i, &tokens)
+            };
+            let slot = &mut self.slots[i];
+            slot.pending = tokens[reused..].to_vec();
+            if !continuing {
+                slot.system_len = system_len;
+            }
+            slot.sampler = Some(sampler_for(&req.sampling, n_vocab));
+            plan.push(Some(slot.pending.len()));
+        }
+        Ok(plan)
+    }
+
+    fn prefill(&mut self, abort: &AtomicBool) -> Result<(), EngineError> {
+        // Every prompt but its last token, in chunks; then all the last tokens in one batch,
+        // so that every slot's logits survive to the first sampling step.
+        let mut work: Vec<(usize, usize)> = Vec::new();
+        for (i, s) in self.slots.iter().enumerate() {
+            for j in 0..s.pending.len().saturating_sub(1) {
+                work.push((i, j));
+            }
+        }
+        for chunk in work.chunks(self.batch_capacity) {
+            if abort.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            self.batch.clear();
+            for &(i, j) in chunk {
+                let s = &self.slots[i];
+                let pos = (s.tokens.len() + j) as i32;
+                self.batch
+                    .add(s.pending[j], pos, &[i as i32], false)
+                    .map_err(|e| EngineError::Decode(e.to_string()))?;
+            }
+            self.decode_batch()?;
+        }
+        self.batch.clear();
+        let mut idx = 0;
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            if let Some(&last) = s.pending.last() {
+                let pos = (s.tokens.len() + s.pending.len() - 1) as i32;
+                self.batch
+                    .add(last, pos, &[i as i32], true)
+                    .map_err(|e| EngineError::Decode(e.to_string()))?;
+                s.logits = idx;
+                idx += 1;
+            }
+        }
+        if idx > 0 {
+            self.decode_batch()?;
+        }
+        for s in &mut self.slots {
+            let pending = std::mem::take(&mut s.pending);
+            s.tokens.extend(pending);
+        }
+        if let Some(path) = self.save_cache.take() {
+            if let Some((i, s)) = self
+                .slots
+                .iter()
+                .enumerate()
+                .find(|(_, s)| s.sampler.is_some())
+            {
+                self.ctx
+                    .state_seq_save_file(&path, i as i32, &s.tokens)
+                    .map_err(|e| {
+                        EngineError::PromptCache(format!("saving {}: {e}", path.display()))
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn sample(&mut self, slot: usize, piece: &mut Vec<u8>) -> Result<Sampled, EngineError> {
+        let s = &mut self.slots[slot];
+        let sampler = s
+            .sampler
+            .as_mut()
+            .ok_or_else(|| EngineError::Decode(format!("slot {slot} has no sampler")))?;
+        let token = sampler.sample(&self.ctx, s.logits);
+        let vocab = self.model.vocab();
+        let eog = vocab.is_eog(token);
+        if !eog {
+            vocab.token_to_piece_into(token, piece, !self.skip_special, None);
+        }
+        Ok(Sampled {
+            token: token.0,
+            eog,
+        })
+    }
+
+    fn has_room(&self, slot: usize) -> bool {
+        // The token just sampled still has to be decoded.
+        self.slots[slot].tokens.len() + 1 < self.context_len
+    }
+
+    fn decode(&mut self, tokens: &[(usize, i32)]) -> Result<(), EngineError> {
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        self.batch.clear();
+        for (idx, &(i, t)) in tokens.iter().enumerate() {
+            let s = &mut self.slots[i];
+            self.batch
+                .add(LlamaToken(t), s.tokens.len() as i32, &[i as i32], true)
+                .map_err(|e| EngineError::Decode(e.to_string()))?;
+            s.tokens.push(LlamaToken(t));
+            s.logits = idx as i32;
+        }
+        self.decode_batch()
+    }
+
+    fn end_run(&mut self, keep_history: bool, last: &[(usize, i32)]) -> Result<(), EngineError> {
+        let busy: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| self.slots[i].sampler.is_some())
+            .collect();
+        let result = if keep_history {
+            // The reply's last token (end of generation included) joins the history, so the
+            // next turn's template text follows it.
+            let fits: Vec<(usize, i32)> = last
+                .iter()
+                .copied()
+                .filter(|&(i, _)| self.slots[i].tokens.len() < self.context_len)
+                .collect();
+            self.decode(&fits)
+        } else {
+            for &i in &busy {
+                self.clear_slot(i);
+            }
+            Ok(())
+        };
+        for &i in &busy {
+            self.slots[i].sampler = None;
+            self.slots[i].pending.clear();
+        }
+        if result.is_err() {
+            for &i in &busy {
+                self.clear_slot(i);
+            }
+        }
+        result
+    }
+
+    fn memory_mb(&self) -> f32 {
+        sysinfo::vm_hwm_mb()
+    }
+
+    fn clear_kv_cache(
+        &mut self,
+        keep_system_prompt: bool,
+        ranges: Option<&[(i32, i32)]>,
+    ) -> Result<(), EngineError> {
+        match ranges {
+            None => {
+                for i in 0..self.slots.len() {
+                    let keep = if keep_system_prompt {
+                        self.slots[i].system_len
+                    } else {
+                        0
+                    };
+                    if keep == 0 {
+                        self.clear_slot(i);
+                    } else {
+                        let _ = self.ctx.kv_cache_seq_rm(i as i32, Some(keep as u32), None);
+                        self.slots[i].tokens.truncate(keep);
+                    }
+                }
+            }
+            Some(ranges) => {
+                for (i, &(start, end)) in ranges.iter().enumerate().take(self.slots.len()) {
+                    let len = self.slots[i].tokens.len() as i32;
+                    let (start, end) = (
+                        start.clamp(0, len),
+                        if end < 0 { len } else { end.clamp(0, len) },
+                    );
+                    if start >= end {
+                        continue;
+                    }
+                    self.ctx
+                        .kv_cache_seq_rm(i as i32, Some(start as u32), Some(end as u32))
+                        .map_err(|e| EngineError::InvalidInput(e.to_string()))?;
+                    // Later positions move down so the sequence stays contiguous.
+                    if end < len {
+                        let _ = self.ctx.kv_cache_seq_add(
+                            i as i32,
+                            Some(end as u32),
+                            None,
+                            start - end,
+                        );
+                    }
+                    self.slots[i].tokens.drain(start as usize..end as usize);
+                    let sys = &mut self.slots[i].system_len;
+                    *sys = (*sys).min(start as usize);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn kv_cache_sizes(&self) -> Vec<i32> {
+        self.slots.iter().map(|s| s.tokens.len() as i32).collect()
+    }
+
+    fn set_chat_template(&mut self, system: &str, prefix: &str, postfix: &str) {
+        self.template = ChatTemplate::Fixed {
+            system: system.into(),
+            prefix: prefix.into(),
+            postfix: postfix.into(),
+        };
+    }
+
+    fn load_prompt_cache(&mut self, path: &Path) -> Result<(), EngineError> {
+        if !path.is_file() {
+            return Err(EngineError::PromptCache(format!(
+                "{} does not exist",
+                path.display()
+            )));
+        }
+        // Load through the last slot, keeping whatever that slot held.
+        let scratch = self.slots.len() - 1;
+        let flags = LlamaStateSeqFlags::empty();
+        let backup = if self.slots[scratch].tokens.is_empty() {
+            None
+        } else {
+            Some(
+                self.ctx
+                    .state_seq_get(scratch as i32, flags)
+                    .map_err(|e| EngineError::PromptCache(e.to_string()))?,
+            )
+        };
+        let _ = self
+            .ctx
+            .clear_kv_cache_seq(Some(scratch as u32), None, None);
+        let loaded = self
+            .ctx
+            .state_seq_load_file(path, scratch as i32, self.context_len)
+            .map_err(|e| EngineError::PromptCache(format!("{}: {e}", path.display())))
+            .and_then(|(tokens, _)| {
+                let state = self
+                    .ctx
+                    .state_seq_get(scratch as i32, flags)
+                    .map_err(|e| EngineError::PromptCache(e.to_string()))?;
+                Ok(PromptCache { tokens, state })
+            });
+        let _ = self
+            .ctx
+            .clear_kv_cache_seq(Some(scratch as u32), None, None);
+        if let Some(b) = backup {
+            self.ctx
+                .state_seq_set(&b, scratch as i32)
+                .map_err(|e| EngineError::PromptCache(e.to_string()))?;
+        }
+        self.cache = Some(loaded?);
+        Ok(())
+    }
+
+    fn release_prompt_cache(&mut self) {
+        self.cache = None;
+    }
+}

@@ -1,0 +1,423 @@
+//! The synthetic engine: no model, deterministic text, a timing model of the NPU and fault
+//! injection, configured by a TOML profile (`models/synthetic/*.toml`).
+//!
+//! Timing model: prefill takes `prompt tokens / prefill_tokens_per_second` for all busy slots
+//! together; a decode step with `b` active slots takes `decode_step_ms * (1 + batch_alpha *
+//! (b - 1))`. Idle and finished slots cost nothing.
+
+use crate::engine::{Backend, EngineError, Sampled};
+use crate::request::{RunRequest, SlotInput};
+use serde::Deserialize;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    #[serde(default)]
+    pub model: ModelSection,
+    #[serde(default)]
+    pub timing: Timing,
+    #[serde(default)]
+    pub output: Output,
+    #[serde(default)]
+    pub faults: Faults,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    pub name: String,
+    pub context_length: usize,
+    pub memory_mb: f32,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        ModelSection {
+            name: "synthetic".into(),
+            context_length: 4096,
+            memory_mb: 0.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timing {
+    /// 0: prefill is instant.
+    pub prefill_tokens_per_second: f64,
+    /// `t1`: one decode step with one active slot. 0: instant.
+    pub decode_step_ms: f64,
+    /// Extra cost of each further active slot, as a fraction of `t1`.
+    pub batch_alpha: f64,
+    /// Time `rkllm_init` takes.
+    pub load_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Output {
+    /// End of generation after this many tokens for every slot; 0: never (runs to
+    /// max_new_tokens or the context's end).
+    pub eos_after: u32,
+    /// Every 7th token is a two-byte character split across two tokens (exercises WAITING).
+    pub split_utf8: bool,
+    /// Synthetic characters per prompt token, for counting prompt tokens.
+    pub bytes_per_token: usize,
+}
+
+impl Default for Output {
+    fn default() -> Self {
+        Output {
+            eos_after: 0,
+            split_utf8: false,
+            bytes_per_token: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Faults {
+    /// `rkllm_init` fails.
+    pub init_fails: bool,
+    /// The run reports ERROR after this many generated tokens (of any slot); 0: never.
+    pub error_after_tokens: u32,
+    /// After this many generated tokens the run stops making progress; 0: never.
+    pub stall_after_tokens: u32,
+    /// How long a stall lasts (milliseconds); 0: until aborted.
+    pub stall_ms: u64,
+    /// `rkllm_destroy` blocks this long (milliseconds).
+    pub destroy_hang_ms: u64,
+}
+
+impl Profile {
+    pub fn load(path: &Path) -> Result<Profile, EngineError> {
+        let text = std::fs::read_to_string(path).map_err(|e| EngineError::Load {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| EngineError::Load {
+            path: path.display().to_string(),
+            reason: format!("not a synthetic profile: {e}"),
+        })
+    }
+}
+
+const WORDS: [&str; 32] = [
+    "the",
+    "board",
+    "runs",
+    "a",
+    "model",
+    "on",
+    "its",
+    "npu",
+    "and",
+    "every",
+    "token",
+    "arrives",
+    "in",
+    "order",
+    "while",
+    "batches",
+    "share",
+    "one",
+    "pass",
+    "through",
+    "memory",
+    "so",
+    "throughput",
+    "grows",
+    "with",
+    "each",
+    "slot",
+    "that",
+    "joins",
+    "quietly",
+    "again",
+    "today",
+];
+
+/// FNV-1a: a stable hash, so the same prompt gives the same text on every machine.
+fn fnv(bytes: &[u8], seed: u64) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The text the synthetic engine generates for `prompt`, token by token.
+pub fn synthetic_token(prompt_hash: u64, index: u32) -> (i32, &'static str) {
+    let w = (fnv(&index.to_le_bytes(), prompt_hash) % WORDS.len() as u64) as usize;
+    (100 + w as i32, WORDS[w])
+}
+
+#[derive(Default, Clone)]
+struct SlotState {
+    history: usize,
+    pending: usize,
+    prompt_hash: u64,
+    generated: u32,
+    /// The second byte of a split character, due next.
+    split_tail: Option<u8>,
+}
+
+pub struct SyntheticEngine {
+    profile: Profile,
+    context: usize,
+    slots: Vec<SlotState>,
+    /// Tokens generated in this run, all slots together (for fault injection).
+    run_tokens: u32,
+    split: bool,
+}
+
+impl SyntheticEngine {
+    pub fn new(
+        profile: Profile,
+        n_batch: usize,
+        max_context_len: i32,
+    ) -> Result<Self, EngineError> {
+        if profile.faults.init_fails {
+            return Err(EngineError::Injected(
+                "the profile sets faults.init_fails".into(),
+            ));
+        }
+        if profile.timing.load_ms > 0 {
+            std::thread::sleep(Duration::from_millis(profile.timing.load_ms));
+        }
+        let trained = profile.model.context_length.max(1);
+        let context = if max_context_len > 0 {
+            (max_context_len as usize).min(trained)
+        } else {
+            trained
+        };
+        let split = profile.output.split_utf8;
+        Ok(SyntheticEngine {
+            profile,
+            context,
+            slots: vec![SlotState::default(); n_batch],
+            run_tokens: 0,
+            split,
+        })
+    }
+
+    fn prompt_tokens(&self, input: &SlotInput) -> Option<(usize, u64)> {
+        match input {
+            SlotInput::Idle => None,
+            SlotInput::Prompt { text, .. } => {
+                let per = self.profile.output.bytes_per_token.max(1);
+                Some((text.len().div_ceil(per).max(1), fnv(text.as_bytes(), 0)))
+            }
+            SlotInput::Tokens(ids) => {
+                let bytes: Vec<u8> = ids.iter().flat_map(|t| t.to_le_bytes()).collect();
+                Some((ids.len(), fnv(&bytes, 0)))
+            }
+        }
+    }
+
+    /// Sleeps, waking early when aborted.
+    fn pause(ms: f64, abort: Option<&AtomicBool>) {
+        if ms <= 0.0 {
+            return;
+        }
+        let until = Instant::now() + Duration::from_secs_f64(ms / 1000.0);
+        loop {
+            let now = Instant::now();
+            if now >= until || abort.is_some_and(|a| a.load(Ordering::Acquire)) {
+                return;
+            }
+            std::thread::sleep((until - now).min(Duration::from_millis(5)));
+        }
+    }
+}
+
+impl Backend for SyntheticEngine {
+    fn n_slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn prepare(&mut self, req: &RunRequest) -> Result<Vec<Option<usize>>, EngineError> {
+        let mut plan = Vec::with_capacity(self.slots.len());
+        for (i, input) in req.slots.iter().enumerate() {
+            let history = if req.keep_history {
+                self.slots[i].history
+            } else {
+                0
+            };
+            let p = self.prompt_tokens(input);
+            if let Some((n, _)) = p {
+                if history + n + 1 > self.context {
+                    return Err(EngineError::ContextOverflow {
+                        slot: i,
+                        needed: history + n + 1,
+                        limit: self.context,
+                    });
+                }
+            }
+            plan.push(p);
+        }
+        self.run_tokens = 0;
+        for (s, p) in self.slots.iter_mut().zip(&plan) {
+            if let Some((n, hash)) = p {
+                if !req.keep_history {
+                    s.history = 0;
+                }
+                *s = SlotState {
+                    history: s.history,
+                    pending: *n,
+                    prompt_hash: *hash,
+                    ..SlotState::default()
+                };
+            }
+        }
+        Ok(plan.into_iter().map(|p| p.map(|(n, _)| n)).collect())
+    }
+
+    fn prefill(&mut self, abort: &AtomicBool) -> Result<(), EngineError> {
+        let tokens: usize = self.slots.iter().map(|s| s.pending).sum();
+        let tps = self.profile.timing.prefill_tokens_per_second;
+        if tps > 0.0 {
+            Self::pause(tokens as f64 * 1000.0 / tps, Some(abort));
+        }
+        for s in &mut self.slots {
+            s.history += s.pending;
+            s.pending = 0;
+        }
+        Ok(())
+    }
+
+    fn sample(&mut self, slot: usize, piece: &mut Vec<u8>) -> Result<Sampled, EngineError> {
+        let faults = &self.profile.faults;
+        self.run_tokens += 1;
+        if faults.error_after_tokens > 0 && self.run_tokens > faults.error_after_tokens {
+            return Err(EngineError::Injected(format!(
+                "ERROR after {} tokens (faults.error_after_tokens)",
+                faults.error_after_tokens
+            )));
+        }
+        if faults.stall_after_tokens > 0 && self.run_tokens == faults.stall_after_tokens + 1 {
+            let ms = if faults.stall_ms == 0 {
+                f64::MAX / 4.0
+            } else {
+                faults.stall_ms as f64
+            };
+            // A stalled runtime ignores abort, like the field reports of a stuck NPU.
+            Self::pause(ms.min(3.6e6), None);
+        }
+        let eos_after = self.profile.output.eos_after;
+        let s = &mut self.slots[slot];
+        let index = s.generated;
+        s.generated += 1;
+        if eos_after > 0 && index >= eos_after {
+            return Ok(Sampled {
+                token: 2,
+                eog: true,
+            });
+        }
+        if let Some(b) = s.split_tail.take() {
+            piece.push(b);
+            return Ok(Sampled {
+                token: 99,
+                eog: false,
+            });
+        }
+        if self.split && index % 7 == 6 {
+            let e = "é".as_bytes();
+            piece.push(e[0]);
+            s.split_tail = Some(e[1]);
+            return Ok(Sampled {
+                token: 98,
+                eog: false,
+            });
+        }
+        let (token, word) = synthetic_token(s.prompt_hash, index);
+        if index > 0 {
+            piece.push(b' ');
+        }
+        piece.extend_from_slice(word.as_bytes());
+        Ok(Sampled { token, eog: false })
+    }
+
+    fn has_room(&self, slot: usize) -> bool {
+        self.slots[slot].history + 1 < self.context
+    }
+
+    fn decode(&mut self, tokens: &[(usize, i32)]) -> Result<(), EngineError> {
+        let b = tokens.len();
+        if b > 0 {
+            let t = &self.profile.timing;
+            Self::pause(
+                t.decode_step_ms * (1.0 + t.batch_alpha * (b as f64 - 1.0)),
+                None,
+            );
+        }
+        for (slot, _) in tokens {
+            self.slots[*slot].history += 1;
+        }
+        Ok(())
+    }
+
+    fn end_run(&mut self, keep_history: bool, last: &[(usize, i32)]) -> Result<(), EngineError> {
+        for (slot, _) in last {
+            self.slots[*slot].history += 1;
+        }
+        if !keep_history {
+            for s in &mut self.slots {
+                s.history = 0;
+            }
+        }
+        Ok(())
+    }
+
+    fn memory_mb(&self) -> f32 {
+        self.profile.model.memory_mb
+    }
+
+    fn clear_kv_cache(
+        &mut self,
+        _keep_system_prompt: bool,
+        ranges: Option<&[(i32, i32)]>,
+    ) -> Result<(), EngineError> {
+        match ranges {
+            None => self.slots.iter_mut().for_each(|s| s.history = 0),
+            Some(r) => {
+                for (s, &(a, b)) in self.slots.iter_mut().zip(r) {
+                    let (a, b) = (a.max(0) as usize, (b.max(0) as usize).min(s.history));
+                    s.history -= b.saturating_sub(a);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn kv_cache_sizes(&self) -> Vec<i32> {
+        self.slots.iter().map(|s| s.history as i32).collect()
+    }
+
+    fn set_chat_template(&mut self, _system: &str, _prefix: &str, _postfix: &str) {}
+
+    fn load_prompt_cache(&mut self, path: &Path) -> Result<(), EngineError> {
+        if path.exists() {
+            Ok(())
+        } else {
+            Err(EngineError::PromptCache(format!(
+                "{} does not exist",
+                path.display()
+            )))
+        }
+    }
+
+    fn release_prompt_cache(&mut self) {}
+
+    fn shutdown(&mut self) {
+        let ms = self.profile.faults.destroy_hang_ms;
+        if ms > 0 {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+    }
+}
