@@ -36,6 +36,8 @@ struct Slot {
     token: i32,
     /// The token sampled this step, not yet in the KV cache.
     undecoded: Option<i32>,
+    /// Decode time when the slot finished; a slot's perf stops counting there.
+    done_ms: Option<f32>,
 }
 
 /// Runs one request to its end. Before any step is reported an error leaves the engine
@@ -110,6 +112,9 @@ pub fn generate(
                     s.done = true;
                 }
             }
+            if s.done {
+                s.done_ms = Some(decode_started.elapsed().as_secs_f32() * 1000.0);
+            }
             any_text |= !s.text.is_empty();
             any_waiting |= s.utf8.is_waiting();
         }
@@ -181,10 +186,10 @@ fn perf_of(s: &Slot, prefill_ms: f32, decode_started: &Instant, memory_mb: f32) 
     RKLLMPerfStat {
         prefill_time_ms: if s.busy { prefill_ms } else { 0.0 },
         prefill_tokens: s.prompt_tokens,
-        generate_time_ms: if s.busy {
-            decode_started.elapsed().as_secs_f32() * 1000.0
-        } else {
-            0.0
+        generate_time_ms: match (s.busy, s.done_ms) {
+            (false, _) => 0.0,
+            (true, Some(ms)) => ms,
+            (true, None) => decode_started.elapsed().as_secs_f32() * 1000.0,
         },
         generate_tokens: s.generated,
         memory_usage_mb: memory_mb,

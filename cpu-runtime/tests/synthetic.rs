@@ -30,7 +30,11 @@ fn text_is_deterministic_per_prompt_and_independent_of_batching() {
     let mut single = handle(INSTANT, 1, 12).unwrap();
     let mut texts = Vec::new();
     for input in prompts(4) {
-        let (_, rec) = record(&mut single, std::slice::from_ref(&input), &InferParams::default());
+        let (_, rec) = record(
+            &mut single,
+            std::slice::from_ref(&input),
+            &InferParams::default(),
+        );
         let (_, again) = record(&mut single, &[input], &InferParams::default());
         assert_eq!(rec.text(0), again.text(0));
         assert_eq!(rec.tokens(0), 12);
@@ -199,4 +203,24 @@ fn shipped_profiles_load() {
         }
     }
     assert!(n >= 2);
+}
+
+#[test]
+fn enabled_cpus_mask_pins_the_runtime_thread() {
+    let rt = runtime(AbiFamily::V1_3);
+    let mut p = params(&rt, profile(INSTANT), 1, 2);
+    p.enabled_cpus_mask = 0b1;
+    let h = rt.init(&p).unwrap();
+    // The handle's worker thread (named rkllm-cpu) may run on CPU 0 only.
+    let pinned = std::fs::read_dir("/proc/self/task").unwrap().any(|t| {
+        let dir = t.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        comm.trim() == "rkllm-cpu"
+            && status.lines().any(|l| {
+                l.starts_with("Cpus_allowed_list:") && l.split_whitespace().nth(1) == Some("0")
+            })
+    });
+    assert!(pinned, "no rkllm-cpu thread restricted to CPU 0");
+    drop(h);
 }

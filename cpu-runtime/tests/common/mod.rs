@@ -482,9 +482,67 @@ macro_rules! conformance_suite {
         }
 
         #[test]
+        fn per_run_sampling_and_max_new_tokens_are_v1_3_only() {
+            let _g = serial();
+            let rt = runtime(FAMILY);
+            let mut p = params(&rt, model_path(), 1, 24);
+            p.sampling.temperature = 1.5;
+            p.sampling.top_k = 0;
+            let mut h = rt.init(&p).unwrap();
+            h.set_chat_template("", "", "").unwrap();
+            let prompt = [Input::prompt(chatml("Name a fruit."))];
+            let greedy = InferParams { sampling: Some(rkllm::Sampling::greedy()), ..Default::default() };
+            let short = InferParams { max_new_tokens: Some(3), ..Default::default() };
+            match FAMILY {
+                rkllm::AbiFamily::V1_3 => {
+                    let mut g = model_handle(FAMILY, 1, 24);
+                    let (_, reference) = record(&mut g, &prompt, &InferParams::default());
+                    let (_, a) = record(&mut h, &prompt, &greedy);
+                    let (_, b) = record(&mut h, &prompt, &greedy);
+                    assert_eq!(a.text(0), reference.text(0), "a greedy override equals greedy init");
+                    assert_eq!(b.text(0), reference.text(0));
+                    let (_, r) = record(&mut h, &prompt, &short);
+                    assert_eq!(r.tokens(0), 3);
+                    assert_eq!(r.finish().slots[0].perf.generate_tokens, 3);
+                }
+                rkllm::AbiFamily::V1_2 => {
+                    assert!(matches!(h.run(&prompt, &greedy, |_| Flow::Continue), Err(rkllm::Error::Unsupported { .. })));
+                    assert!(matches!(h.run(&prompt, &short, |_| Flow::Continue), Err(rkllm::Error::Unsupported { .. })));
+                }
+            }
+        }
+
+        #[test]
+        fn ignore_eos_token_generates_to_the_limit() {
+            let _g = serial();
+            let rt = runtime(FAMILY);
+            let mut p = params(&rt, model_path(), 1, 30);
+            p.ignore_eos_token = true;
+            let mut h = rt.init(&p).unwrap();
+            h.set_chat_template("", "", "").unwrap();
+            let (_, rec) = record(&mut h, &[Input::prompt(chatml("What is the capital of France?"))], &InferParams::default());
+            match FAMILY {
+                // The answer ends after about 8 tokens; ignoring EOS runs on to 30.
+                rkllm::AbiFamily::V1_3 => assert_eq!(rec.tokens(0), 30),
+                // v1.2 has no ignore_eos_token field: EOS still ends the reply.
+                rkllm::AbiFamily::V1_2 => assert!(rec.tokens(0) < 30),
+            }
+        }
+
+        #[test]
         fn bad_input_is_refused_without_crashing() {
             let _g = serial();
             raw_bad_input(FAMILY);
+        }
+
+        #[test]
+        fn create_default_param_returns_the_sdk_defaults_in_the_family_layout() {
+            // A struct of the wrong family would put these fields at other offsets.
+            let p = runtime(FAMILY).default_params();
+            assert_eq!(p.sampling, rkllm::Sampling::default());
+            assert_eq!((p.n_batch, p.enabled_cpus_num, p.enabled_cpus_mask), (1, 4, 0));
+            assert_eq!((p.max_context_len, p.max_new_tokens), (4096, -1));
+            assert!(p.skip_special_token && !p.ignore_eos_token);
         }
 
         #[test]
