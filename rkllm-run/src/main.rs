@@ -44,13 +44,6 @@ struct Args {
     raw: bool,
 }
 
-fn default_lib() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("librkllmrt.so")))
-        .unwrap_or_else(|| PathBuf::from("librkllmrt.so"))
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(args) {
@@ -63,7 +56,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let lib = args.lib.unwrap_or_else(default_lib);
+    let lib = args.lib.or_else(rkllm::cpu_runtime_near_exe).ok_or(
+        "no --lib given and no librkllmrt.so next to rkllm-run (run cargo build --release)",
+    )?;
     let rt = Runtime::load(&lib, args.abi)?;
     let n_prompts = args.prompts.len();
     let n_batch = args.n_batch.unwrap_or(n_prompts.min(8) as u8);

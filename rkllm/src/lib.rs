@@ -16,5 +16,5 @@ mod params;
 pub use callback::{Flow, SlotResult, Step, StepState};
 pub use error::{Error, LoadError};
 pub use handle::{AbortHandle, Handle, RunOutcome};
-pub use library::{AbiFamily, Runtime};
+pub use library::{cpu_runtime_near_exe, AbiFamily, Runtime};
 pub use params::{InferParams, InitParams, Input, InputKind, PromptCache, Sampling};

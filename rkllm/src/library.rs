@@ -185,3 +185,17 @@ impl Runtime {
         Handle::init(self.clone(), params)
     }
 }
+
+/// rkserve's CPU runtime as built by cargo: next to the running executable, or one level up
+/// for test and bench executables (`target/<profile>/deps`). The deps copy comes first
+/// because `cargo test` refreshes it without copying it up.
+pub fn cpu_runtime_near_exe() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [
+        dir.join("librkllmrt.so"),
+        dir.parent()?.join("librkllmrt.so"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+}

@@ -10,19 +10,10 @@ use std::sync::{Mutex, MutexGuard, Once};
 use std::thread::ThreadId;
 
 pub fn lib_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("RKLLM_LIB") {
-        return p.into();
-    }
-    // `cargo test` rebuilds the cdylib next to the test binary (target/<profile>/deps) but
-    // copies it up to target/<profile>/ only on `cargo build`: the deps copy is the fresh one.
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    let fresh = deps.join("librkllmrt.so");
-    if fresh.is_file() {
-        fresh
-    } else {
-        deps.parent().unwrap().join("librkllmrt.so")
-    }
+    std::env::var_os("RKLLM_LIB")
+        .map(PathBuf::from)
+        .or_else(rkllm::cpu_runtime_near_exe)
+        .expect("librkllmrt.so: build the workspace (cargo build --release)")
 }
 
 pub fn workspace() -> PathBuf {

@@ -1,0 +1,57 @@
+use rkllm::AbiFamily;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How one model is served.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    /// The name requests use.
+    pub name: String,
+    /// A `.rkllm` file (NPU), a `.gguf` file or a synthetic `.toml` profile (CPU runtime).
+    pub model_path: PathBuf,
+    pub runtime_lib: PathBuf,
+    pub abi: AbiFamily,
+    /// Tokens of context per sequence (prompt and reply).
+    pub context_len: usize,
+    /// Runtime handles, each on its own OS thread.
+    pub instances: usize,
+    /// Sequences per run, 1 to 8.
+    pub n_batch: u8,
+    /// Waiting requests beyond which submission fails with Overloaded.
+    pub max_queue: usize,
+    /// A request still waiting after this fails instead of waiting on.
+    pub max_queue_wait: Duration,
+    /// How long a free instance may wait for more compatible requests to fill its slots.
+    pub batch_window: Duration,
+    /// After this wait the oldest request goes next, whatever the instance would prefer.
+    pub starvation_bound: Duration,
+    /// A run with no callback for this long is stuck: its requests fail and the instance is
+    /// re-created.
+    pub stall_timeout: Duration,
+    /// How long `rkllm_destroy` may take before it is abandoned on its thread.
+    pub destroy_timeout: Duration,
+    /// CPUs for the runtime threads; `None`: the big cores if the board has them, else
+    /// no pinning.
+    pub cpus: Option<Vec<usize>>,
+}
+
+impl ModelConfig {
+    pub fn new(name: impl Into<String>, model_path: PathBuf, runtime_lib: PathBuf) -> Self {
+        ModelConfig {
+            name: name.into(),
+            model_path,
+            runtime_lib,
+            abi: AbiFamily::V1_3,
+            context_len: 4096,
+            instances: 1,
+            n_batch: 8,
+            max_queue: 64,
+            max_queue_wait: Duration::from_secs(120),
+            batch_window: Duration::from_millis(5),
+            starvation_bound: Duration::from_secs(2),
+            stall_timeout: Duration::from_secs(30),
+            destroy_timeout: Duration::from_secs(5),
+            cpus: None,
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Which waiting requests form the next run: a pure function, so it is tested without threads.
+//!
+//! An instance that becomes free takes the oldest waiting request and fills its other slots
+//! with requests of the same [`BatchKey`] in arrival order. If that leaves slots empty it may
+//! wait for more, but never longer than `batch_window` after the oldest member arrived. On
+//! ABI 1.2 (sampling fixed per handle) an instance prefers requests matching its current
+//! sampling, to avoid re-initialising, until the oldest request has waited `starvation_bound`.
+
+use crate::request::BatchKey;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub batch_window: Duration,
+    pub starvation_bound: Duration,
+}
+
+/// A waiting request as the policy sees it, in arrival order.
+#[derive(Debug, Clone, Copy)]
+pub struct Waiting {
+    pub key: BatchKey,
+    pub arrival: Instant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Start a run with these queue positions, in slot order.
+    Run(Vec<usize>),
+    /// Not full yet: look again at this time (or when a request arrives).
+    WaitUntil(Instant),
+    /// Nothing is waiting.
+    Idle,
+}
+
+impl Policy {
+    pub fn decide(
+        &self,
+        queue: &[Waiting],
+        n_batch: usize,
+        now: Instant,
+        preferred: Option<BatchKey>,
+    ) -> Decision {
+        let Some(oldest) = queue.first() else {
+            return Decision::Idle;
+        };
+        let starving = now.saturating_duration_since(oldest.arrival) >= self.starvation_bound;
+        let key = match preferred {
+            Some(p) if !starving && queue.iter().any(|w| w.key == p) => p,
+            _ => oldest.key,
+        };
+        let members: Vec<usize> = queue
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.key == key)
+            .map(|(i, _)| i)
+            .take(n_batch)
+            .collect();
+        let first_arrival = queue[members[0]].arrival;
+        let deadline = first_arrival + self.batch_window;
+        if members.len() < n_batch && now < deadline {
+            Decision::WaitUntil(deadline)
+        } else {
+            Decision::Run(members)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rkllm::Sampling;
+
+    fn key(temp: f32) -> BatchKey {
+        BatchKey::of(&Sampling {
+            temperature: temp,
+            ..Sampling::default()
+        })
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn policy() -> Policy {
+        Policy {
+            batch_window: 5 * MS,
+            starvation_bound: 100 * MS,
+        }
+    }
+
+    #[test]
+    fn incompatible_sampling_never_shares_a_run() {
+        let t = Instant::now();
+        let q = [
+            Waiting {
+                key: key(0.7),
+                arrival: t,
+            },
+            Waiting {
+                key: key(0.0),
+                arrival: t + MS,
+            },
+            Waiting {
+                key: key(0.7),
+                arrival: t + 2 * MS,
+            },
+            Waiting {
+                key: key(0.0),
+                arrival: t + 3 * MS,
+            },
+        ];
+        let d = policy().decide(&q, 4, t + 10 * MS, None);
+        assert_eq!(d, Decision::Run(vec![0, 2]));
+    }
+
+    #[test]
+    fn arrival_order_within_a_key_and_the_oldest_first() {
+        let t = Instant::now();
+        let q: Vec<Waiting> = (0..6)
+            .map(|i| Waiting {
+                key: key(0.5),
+                arrival: t + i * MS,
+            })
+            .collect();
+        assert_eq!(
+            policy().decide(&q, 4, t, None),
+            Decision::Run(vec![0, 1, 2, 3])
+        );
+    }
+
+    #[test]
+    fn a_partial_batch_waits_for_the_window_then_runs() {
+        let t = Instant::now();
+        let q = [Waiting {
+            key: key(0.5),
+            arrival: t,
+        }];
+        assert_eq!(
+            policy().decide(&q, 4, t + MS, None),
+            Decision::WaitUntil(t + 5 * MS)
+        );
+        assert_eq!(
+            policy().decide(&q, 4, t + 5 * MS, None),
+            Decision::Run(vec![0])
+        );
+        // A full batch never waits.
+        let q4 = [q[0]; 4];
+        assert_eq!(
+            policy().decide(&q4, 4, t, None),
+            Decision::Run(vec![0, 1, 2, 3])
+        );
+        // A zero window runs at once.
+        let p = Policy {
+            batch_window: Duration::ZERO,
+            ..policy()
+        };
+        assert_eq!(p.decide(&q, 4, t, None), Decision::Run(vec![0]));
+    }
+
+    #[test]
+    fn the_preferred_key_yields_to_a_starving_request() {
+        let t = Instant::now();
+        let q = [
+            Waiting {
+                key: key(0.9),
+                arrival: t,
+            },
+            Waiting {
+                key: key(0.5),
+                arrival: t + MS,
+            },
+        ];
+        let p = policy();
+        // Before the bound the instance keeps its own sampling...
+        assert_eq!(
+            p.decide(&q, 1, t + 50 * MS, Some(key(0.5))),
+            Decision::Run(vec![1])
+        );
+        // ...after it, the oldest goes first whatever it costs.
+        assert_eq!(
+            p.decide(&q, 1, t + 100 * MS, Some(key(0.5))),
+            Decision::Run(vec![0])
+        );
+        // A preference nobody shares changes nothing.
+        assert_eq!(
+            p.decide(&q, 1, t + MS, Some(key(0.1))),
+            Decision::Run(vec![0])
+        );
+    }
+
+    #[test]
+    fn empty_queue_is_idle() {
+        assert_eq!(
+            policy().decide(&[], 8, Instant::now(), None),
+            Decision::Idle
+        );
+    }
+}

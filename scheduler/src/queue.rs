@@ -1,0 +1,103 @@
+//! A model's waiting requests, in arrival order, and how an instance takes its next batch.
+
+use crate::policy::{Decision, Policy, Waiting};
+use crate::request::{BatchKey, Event, FinishReason, Request, Timings};
+use parking_lot::{Condvar, Mutex};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedSender;
+
+#[derive(Debug)]
+pub struct Pending {
+    pub id: u64,
+    pub req: Request,
+    pub key: BatchKey,
+    pub tx: UnboundedSender<Event>,
+}
+
+impl Pending {
+    pub fn fail(self, message: String) {
+        let _ = self.tx.send(Event::End {
+            reason: FinishReason::Error(message),
+            prompt_tokens: self.req.prompt_tokens as u32,
+            completion_tokens: 0,
+            timings: Timings {
+                queue: self.req.arrival.elapsed(),
+                ..Timings::default()
+            },
+        });
+    }
+}
+
+#[derive(Default)]
+pub struct Queue {
+    pub waiting: Mutex<VecDeque<Pending>>,
+    /// Signalled when a request arrives or the scheduler shuts down.
+    pub arrived: Condvar,
+}
+
+/// Drops requests whose client left and fails those that waited too long.
+pub fn sweep(waiting: &mut VecDeque<Pending>, max_wait: Duration, now: Instant) {
+    let mut i = 0;
+    while i < waiting.len() {
+        let p = &waiting[i];
+        if p.tx.is_closed() {
+            waiting.remove(i);
+        } else if now.saturating_duration_since(p.req.arrival) > max_wait {
+            let p = waiting.remove(i).expect("index in range");
+            let waited = now.saturating_duration_since(p.req.arrival).as_secs_f64();
+            p.fail(format!(
+                "the request waited {waited:.1}s in the queue, longer than the configured maximum of {:.1}s",
+                max_wait.as_secs_f64()
+            ));
+        } else {
+            i += 1;
+        }
+    }
+}
+
+/// Blocks until the policy forms a run (returned in slot order) or `stop()` says to give up.
+pub fn take_batch(
+    queue: &Queue,
+    policy: &Policy,
+    n_batch: usize,
+    max_wait: Duration,
+    preferred: Option<BatchKey>,
+    stop: impl Fn() -> bool,
+) -> Option<(BatchKey, Vec<Pending>)> {
+    let mut waiting = queue.waiting.lock();
+    let mut view = Vec::with_capacity(waiting.len());
+    loop {
+        if stop() {
+            return None;
+        }
+        let now = Instant::now();
+        sweep(&mut waiting, max_wait, now);
+        view.clear();
+        view.extend(waiting.iter().map(|p| Waiting {
+            key: p.key,
+            arrival: p.req.arrival,
+        }));
+        match policy.decide(&view, n_batch, now, preferred) {
+            Decision::Run(slots) => {
+                let key = view[slots[0]].key;
+                let mut members: Vec<Pending> = slots
+                    .iter()
+                    .rev()
+                    .map(|&i| waiting.remove(i).expect("policy index in range"))
+                    .collect();
+                members.reverse();
+                return Some((key, members));
+            }
+            Decision::WaitUntil(t) => {
+                queue.arrived.wait_until(&mut waiting, t);
+            }
+            // Woken by arrivals; the timeout lets it notice shutdown and expiries.
+            Decision::Idle => {
+                queue
+                    .arrived
+                    .wait_for(&mut waiting, Duration::from_millis(200));
+            }
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! A request in, a stream of events out.
+
+use rkllm::Sampling;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// One generation request. The prompt is already rendered (chat template applied) and
+/// counted by the caller's tokenizer.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub model: String,
+    pub prompt: String,
+    pub prompt_tokens: usize,
+    pub sampling: Sampling,
+    pub max_tokens: u32,
+    pub stop: Vec<String>,
+    pub arrival: Instant,
+}
+
+/// What must be equal for two requests to share a run: everything the runtime applies per
+/// run. Floats are compared by their bits, so "equal" means identical settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BatchKey([u32; 9]);
+
+impl BatchKey {
+    pub fn of(s: &Sampling) -> BatchKey {
+        BatchKey([
+            s.top_k as u32,
+            s.top_p.to_bits(),
+            s.temperature.to_bits(),
+            s.repeat_penalty.to_bits(),
+            s.frequency_penalty.to_bits(),
+            s.presence_penalty.to_bits(),
+            s.mirostat as u32,
+            s.mirostat_tau.to_bits(),
+            s.mirostat_eta.to_bits(),
+        ])
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinishReason {
+    /// End of generation or a stop sequence.
+    Stop,
+    /// The request's max_tokens, or the end of the context.
+    Length,
+    /// The runtime failed this request's run; the message says why.
+    Error(String),
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Timings {
+    /// Arrival to the start of its run.
+    pub queue: Duration,
+    /// Arrival to the first token.
+    pub ttft: Option<Duration>,
+    /// First token to the last.
+    pub decode: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// New text (whole UTF-8 characters, stop sequences withheld) and when it was produced.
+    Text { text: String, at: Instant },
+    /// Always the last event.
+    End {
+        reason: FinishReason,
+        prompt_tokens: u32,
+        completion_tokens: u32,
+        timings: Timings,
+    },
+}
+
+/// The receiving end of a request. Dropping it cancels the request: its slot's output is
+/// discarded from the next step on, and a run whose requests are all gone stops.
+#[derive(Debug)]
+pub struct RequestStream {
+    pub(crate) rx: mpsc::UnboundedReceiver<Event>,
+    pub id: u64,
+}
+
+impl RequestStream {
+    pub async fn next(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+
+    /// For synchronous callers; never call it inside an async runtime.
+    pub fn blocking_next(&mut self) -> Option<Event> {
+        self.rx.blocking_recv()
+    }
+
+    /// Reads to the end: the whole text and the End event.
+    pub fn blocking_collect(mut self) -> (String, Event) {
+        let mut text = String::new();
+        while let Some(e) = self.blocking_next() {
+            match e {
+                Event::Text { text: t, .. } => text.push_str(&t),
+                end @ Event::End { .. } => return (text, end),
+            }
+        }
+        unreachable!("a stream always ends with an End event")
+    }
+}

@@ -1,0 +1,318 @@
+//! The public face: models with their queues and instances, submission, introspection, and
+//! a watchdog that expires waiting requests and recovers stuck runs.
+
+use crate::config::ModelConfig;
+use crate::cpus;
+use crate::error::SubmitError;
+use crate::instance::{self, Instance, InstanceState};
+use crate::policy::Policy;
+use crate::queue::{sweep, Pending, Queue};
+use crate::request::{BatchKey, Request, RequestStream};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::unbounded_channel;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelStatus {
+    /// No instance is ready yet; requests queue.
+    Loading,
+    Ready,
+    /// Every instance failed to load: requests are refused with this reason.
+    Unavailable(String),
+}
+
+pub(crate) struct Shared {
+    stopping: AtomicBool,
+}
+
+impl Shared {
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+}
+
+pub(crate) struct Model {
+    pub cfg: ModelConfig,
+    pub policy: Policy,
+    pub cpus: Vec<usize>,
+    pub queue: Queue,
+    pub status: Mutex<ModelStatus>,
+    pub instances: Vec<Arc<Instance>>,
+}
+
+impl Model {
+    pub fn instance_ready(&self) {
+        *self.status.lock() = ModelStatus::Ready;
+    }
+
+    /// An instance could not load. When none is left, the model is unavailable and its
+    /// waiting requests fail with the reason.
+    pub fn instance_failed(&self, inst: &Instance, reason: String) {
+        eprintln!(
+            "rkserve: model {}: instance {} failed: {reason}",
+            self.cfg.name, inst.index
+        );
+        *inst.state.lock() = InstanceState::Failed(reason.clone());
+        let all_failed = self
+            .instances
+            .iter()
+            .all(|i| matches!(*i.state.lock(), InstanceState::Failed(_)));
+        if all_failed {
+            *self.status.lock() = ModelStatus::Unavailable(reason.clone());
+            let mut waiting = self.queue.waiting.lock();
+            for p in waiting.drain(..) {
+                p.fail(format!(
+                    "model '{}' is unavailable: {reason}",
+                    self.cfg.name
+                ));
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceSnapshot {
+    pub index: usize,
+    pub state: InstanceState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSnapshot {
+    pub name: String,
+    pub status: ModelStatus,
+    pub waiting: usize,
+    pub n_batch: u8,
+    pub context_len: usize,
+    pub instances: Vec<InstanceSnapshot>,
+}
+
+impl ModelSnapshot {
+    /// Slots of all instances currently generating.
+    pub fn busy_slots(&self) -> usize {
+        self.instances
+            .iter()
+            .map(|i| match i.state {
+                InstanceState::Running { slots } => slots,
+                _ => 0,
+            })
+            .sum()
+    }
+}
+
+pub struct Scheduler {
+    models: HashMap<String, Arc<Model>>,
+    shared: Arc<Shared>,
+    watchdog: Option<JoinHandle<()>>,
+    next_id: AtomicU64,
+}
+
+impl Scheduler {
+    /// Starts every model's instances; they load in the background (see [`Scheduler::snapshot`]).
+    pub fn new(models: Vec<ModelConfig>) -> Scheduler {
+        let shared = Arc::new(Shared {
+            stopping: AtomicBool::new(false),
+        });
+        let board_big_cores = cpus::big_cores(Path::new("/sys/devices/system/cpu"));
+        let mut map = HashMap::new();
+        for cfg in models {
+            let model = Arc::new(Model {
+                policy: Policy {
+                    batch_window: cfg.batch_window,
+                    starvation_bound: cfg.starvation_bound,
+                },
+                cpus: cfg.cpus.clone().unwrap_or_else(|| board_big_cores.clone()),
+                queue: Queue::default(),
+                status: Mutex::new(ModelStatus::Loading),
+                instances: (0..cfg.instances.max(1))
+                    .map(|i| Arc::new(Instance::new(i)))
+                    .collect(),
+                cfg,
+            });
+            for inst in &model.instances {
+                instance::spawn(model.clone(), inst.clone(), shared.clone());
+            }
+            map.insert(model.cfg.name.clone(), model);
+        }
+        let watchdog = {
+            let (models, shared) = (map.values().cloned().collect::<Vec<_>>(), shared.clone());
+            std::thread::Builder::new()
+                .name("rkserve-watchdog".into())
+                .spawn(move || watchdog(models, shared))
+                .expect("spawn the watchdog")
+        };
+        Scheduler {
+            models: map,
+            shared,
+            watchdog: Some(watchdog),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Queues a request. Refusals come back at once, before any streaming could start.
+    pub fn submit(&self, req: Request) -> Result<RequestStream, SubmitError> {
+        if self.shared.stopping() {
+            return Err(SubmitError::ShuttingDown);
+        }
+        let model = self
+            .models
+            .get(&req.model)
+            .ok_or_else(|| SubmitError::UnknownModel(req.model.clone()))?;
+        if let ModelStatus::Unavailable(reason) = &*model.status.lock() {
+            return Err(SubmitError::ModelUnavailable {
+                model: req.model.clone(),
+                reason: reason.clone(),
+            });
+        }
+        let ctx = model.cfg.context_len;
+        // The reply needs at least one token of room.
+        if req.prompt_tokens + 1 > ctx {
+            return Err(SubmitError::PromptTooLong {
+                model: req.model.clone(),
+                prompt_tokens: req.prompt_tokens,
+                context_len: ctx,
+            });
+        }
+        let mut waiting = model.queue.waiting.lock();
+        if waiting.len() >= model.cfg.max_queue {
+            return Err(SubmitError::Overloaded {
+                model: req.model.clone(),
+                waiting: waiting.len(),
+                retry_after: Duration::from_secs(1),
+            });
+        }
+        let (tx, rx) = unbounded_channel();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        waiting.push_back(Pending {
+            id,
+            key: BatchKey::of(&req.sampling),
+            req,
+            tx,
+        });
+        drop(waiting);
+        model.queue.arrived.notify_all();
+        Ok(RequestStream { rx, id })
+    }
+
+    pub fn snapshot(&self) -> Vec<ModelSnapshot> {
+        let mut out: Vec<ModelSnapshot> = self
+            .models
+            .values()
+            .map(|m| ModelSnapshot {
+                name: m.cfg.name.clone(),
+                status: m.status.lock().clone(),
+                waiting: m.queue.waiting.lock().len(),
+                n_batch: m.cfg.n_batch,
+                context_len: m.cfg.context_len,
+                instances: m
+                    .instances
+                    .iter()
+                    .map(|i| InstanceSnapshot {
+                        index: i.index,
+                        state: i.state.lock().clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Waits until no model is loading any more, or `limit` passes.
+    pub fn wait_loaded(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self
+                .snapshot()
+                .iter()
+                .all(|m| m.status != ModelStatus::Loading)
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        for m in self.models.values() {
+            m.queue.arrived.notify_all();
+            for inst in &m.instances {
+                if let Some(a) = inst.abort.lock().as_ref() {
+                    if matches!(*inst.state.lock(), InstanceState::Running { .. }) {
+                        let _ = a.abort();
+                    }
+                }
+            }
+        }
+        if let Some(w) = self.watchdog.take() {
+            let _ = w.join();
+        }
+        // Instance threads destroy their handles on the way out; a stuck one is left behind.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for m in self.models.values() {
+            for inst in &m.instances {
+                let Some(t) = inst.thread.lock().take() else {
+                    continue;
+                };
+                while !t.is_finished() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                if t.is_finished() {
+                    let _ = t.join();
+                }
+            }
+        }
+    }
+}
+
+fn watchdog(models: Vec<Arc<Model>>, shared: Arc<Shared>) {
+    while !shared.stopping() {
+        std::thread::sleep(Duration::from_millis(20));
+        for model in &models {
+            {
+                let mut waiting = model.queue.waiting.lock();
+                sweep(&mut waiting, model.cfg.max_queue_wait, Instant::now());
+            }
+            for inst in &model.instances {
+                let running = matches!(*inst.state.lock(), InstanceState::Running { .. });
+                if running && inst.since_progress() > model.cfg.stall_timeout {
+                    recover_stuck(model, inst, &shared);
+                }
+            }
+        }
+    }
+}
+
+/// A run made no progress for `stall_timeout`: fail its requests, abort it (on a thread of
+/// its own, the abort may hang too), and start a new handle on a new thread. The old thread,
+/// if its run ever returns, sees it was replaced and destroys its handle.
+fn recover_stuck(model: &Arc<Model>, inst: &Arc<Instance>, shared: &Arc<Shared>) {
+    eprintln!(
+        "rkserve: model {}: instance {} made no progress for {:?}; failing its run and restarting it",
+        model.cfg.name, inst.index, model.cfg.stall_timeout
+    );
+    inst.generation.fetch_add(1, Ordering::AcqRel);
+    *inst.state.lock() = InstanceState::Restarting;
+    if let Some(run) = inst.run.lock().take() {
+        run.lock().fail_all(&format!(
+            "the runtime made no progress for {:.1}s; the run was abandoned and the instance restarted",
+            model.cfg.stall_timeout.as_secs_f64()
+        ));
+    }
+    if let Some(abort) = inst.abort.lock().take() {
+        std::thread::spawn(move || {
+            let _ = abort.abort();
+        });
+    }
+    // The old thread's JoinHandle is dropped: it is detached and cleans up by itself.
+    inst.thread.lock().take();
+    instance::spawn(model.clone(), inst.clone(), shared.clone());
+}
