@@ -164,7 +164,11 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
             cfg.n_batch as usize,
             cfg.max_queue_wait,
             preferred,
-            || shared.stopping() || !inst.current(generation),
+            || {
+                shared.stopping()
+                    || model.unloading.load(Ordering::Acquire)
+                    || !inst.current(generation)
+            },
         );
         let Some((key, members)) = batch else { break };
         let sampling = members[0].req.sampling;
@@ -241,11 +245,19 @@ fn run_batch(
     *inst.state.lock() = InstanceState::Running { slots };
 
     let (d, i) = (demux.clone(), inst.clone());
+    let unloading = &model.unloading;
+    let unloaded = format!("model '{}' was unloaded during the run", cfg.name);
     let result = handle.run(&inputs, &infer, move |step| {
         if i.current(generation) {
             i.touch();
         }
-        d.lock().step(step, Instant::now())
+        let mut d = d.lock();
+        // The FINISH that follows the unload's abort must not read as a natural end.
+        if unloading.load(Ordering::Acquire) {
+            d.fail_all(&unloaded);
+            return rkllm::Flow::Pause;
+        }
+        d.step(step, Instant::now())
     });
 
     let mut d = demux.lock();

@@ -8,7 +8,7 @@ use crate::instance::{self, Instance, InstanceState};
 use crate::policy::Policy;
 use crate::queue::{sweep, Pending, Queue};
 use crate::request::{BatchKey, Request, RequestStream};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,6 +38,8 @@ impl Shared {
 
 pub(crate) struct Model {
     pub cfg: ModelConfig,
+    /// Set when the model is unloaded: its instances finish their run and exit.
+    pub unloading: AtomicBool,
     pub policy: Policy,
     pub cpus: Vec<usize>,
     pub queue: Queue,
@@ -105,10 +107,11 @@ impl ModelSnapshot {
 }
 
 pub struct Scheduler {
-    models: HashMap<String, Arc<Model>>,
+    models: Arc<RwLock<HashMap<String, Arc<Model>>>>,
     shared: Arc<Shared>,
     watchdog: Option<JoinHandle<()>>,
     next_id: AtomicU64,
+    big_cores: Vec<usize>,
 }
 
 impl Scheduler {
@@ -117,40 +120,68 @@ impl Scheduler {
         let shared = Arc::new(Shared {
             stopping: AtomicBool::new(false),
         });
-        let board_big_cores = cpus::big_cores(Path::new("/sys/devices/system/cpu"));
-        let mut map = HashMap::new();
-        for cfg in models {
-            let model = Arc::new(Model {
-                policy: Policy {
-                    batch_window: cfg.batch_window,
-                    starvation_bound: cfg.starvation_bound,
-                },
-                cpus: cfg.cpus.clone().unwrap_or_else(|| board_big_cores.clone()),
-                queue: Queue::default(),
-                status: Mutex::new(ModelStatus::Loading),
-                instances: (0..cfg.instances.max(1))
-                    .map(|i| Arc::new(Instance::new(i)))
-                    .collect(),
-                cfg,
-            });
-            for inst in &model.instances {
-                instance::spawn(model.clone(), inst.clone(), shared.clone());
-            }
-            map.insert(model.cfg.name.clone(), model);
-        }
+        let map: Arc<RwLock<HashMap<String, Arc<Model>>>> = Arc::default();
         let watchdog = {
-            let (models, shared) = (map.values().cloned().collect::<Vec<_>>(), shared.clone());
+            let (models, shared) = (map.clone(), shared.clone());
             std::thread::Builder::new()
                 .name("rkserve-watchdog".into())
                 .spawn(move || watchdog(models, shared))
                 .expect("spawn the watchdog")
         };
-        Scheduler {
+        let s = Scheduler {
             models: map,
             shared,
             watchdog: Some(watchdog),
             next_id: AtomicU64::new(1),
+            big_cores: cpus::big_cores(Path::new("/sys/devices/system/cpu")),
+        };
+        for cfg in models {
+            s.add_model(cfg);
         }
+        s
+    }
+
+    /// Starts serving a model (replacing one of the same name); it loads in the background.
+    pub fn add_model(&self, cfg: ModelConfig) {
+        let model = Arc::new(Model {
+            policy: Policy {
+                batch_window: cfg.batch_window,
+                starvation_bound: cfg.starvation_bound,
+            },
+            cpus: cfg.cpus.clone().unwrap_or_else(|| self.big_cores.clone()),
+            queue: Queue::default(),
+            status: Mutex::new(ModelStatus::Loading),
+            instances: (0..cfg.instances.max(1))
+                .map(|i| Arc::new(Instance::new(i)))
+                .collect(),
+            unloading: AtomicBool::new(false),
+            cfg,
+        });
+        for inst in &model.instances {
+            instance::spawn(model.clone(), inst.clone(), self.shared.clone());
+        }
+        let old = self.models.write().insert(model.cfg.name.clone(), model);
+        if let Some(old) = old {
+            stop_model(&old, "it was replaced");
+        }
+    }
+
+    /// Stops serving a model: waiting requests fail, runs in progress are aborted, and its
+    /// instances destroy their handles. Returns whether it was loaded.
+    pub fn remove_model(&self, name: &str) -> bool {
+        let removed = self.models.write().remove(name);
+        match removed {
+            Some(m) => {
+                stop_model(&m, "it was unloaded");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether a model of that name is loaded (in any state).
+    pub fn has_model(&self, name: &str) -> bool {
+        self.models.read().contains_key(name)
     }
 
     /// Queues a request. Refusals come back at once, before any streaming could start.
@@ -160,7 +191,9 @@ impl Scheduler {
         }
         let model = self
             .models
+            .read()
             .get(&req.model)
+            .cloned()
             .ok_or_else(|| SubmitError::UnknownModel(req.model.clone()))?;
         if let ModelStatus::Unavailable(reason) = &*model.status.lock() {
             return Err(SubmitError::ModelUnavailable {
@@ -201,6 +234,7 @@ impl Scheduler {
     pub fn snapshot(&self) -> Vec<ModelSnapshot> {
         let mut out: Vec<ModelSnapshot> = self
             .models
+            .read()
             .values()
             .map(|m| ModelSnapshot {
                 name: m.cfg.name.clone(),
@@ -242,22 +276,16 @@ impl Scheduler {
 impl Drop for Scheduler {
     fn drop(&mut self) {
         self.shared.stopping.store(true, Ordering::Release);
-        for m in self.models.values() {
-            m.queue.arrived.notify_all();
-            for inst in &m.instances {
-                if let Some(a) = inst.abort.lock().as_ref() {
-                    if matches!(*inst.state.lock(), InstanceState::Running { .. }) {
-                        let _ = a.abort();
-                    }
-                }
-            }
+        let models: Vec<Arc<Model>> = self.models.read().values().cloned().collect();
+        for m in &models {
+            stop_model(m, "the server is shutting down");
         }
         if let Some(w) = self.watchdog.take() {
             let _ = w.join();
         }
         // Instance threads destroy their handles on the way out; a stuck one is left behind.
         let deadline = Instant::now() + Duration::from_secs(10);
-        for m in self.models.values() {
+        for m in &models {
             for inst in &m.instances {
                 let Some(t) = inst.thread.lock().take() else {
                     continue;
@@ -273,9 +301,26 @@ impl Drop for Scheduler {
     }
 }
 
-fn watchdog(models: Vec<Arc<Model>>, shared: Arc<Shared>) {
+/// Fails a model's waiting requests and stops its instances (each aborts its run).
+fn stop_model(m: &Model, why: &str) {
+    m.unloading.store(true, Ordering::Release);
+    for p in m.queue.waiting.lock().drain(..) {
+        p.fail(format!("model '{}' stopped serving: {why}", m.cfg.name));
+    }
+    m.queue.arrived.notify_all();
+    for inst in &m.instances {
+        if let Some(a) = inst.abort.lock().as_ref() {
+            if matches!(*inst.state.lock(), InstanceState::Running { .. }) {
+                let _ = a.abort();
+            }
+        }
+    }
+}
+
+fn watchdog(models: Arc<RwLock<HashMap<String, Arc<Model>>>>, shared: Arc<Shared>) {
     while !shared.stopping() {
         std::thread::sleep(Duration::from_millis(20));
+        let models: Vec<Arc<Model>> = models.read().values().cloned().collect();
         for model in &models {
             {
                 let mut waiting = model.queue.waiting.lock();

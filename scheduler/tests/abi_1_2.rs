@@ -34,7 +34,10 @@ fn sampling_changes_reinitialise_the_handle_and_every_request_is_served() {
     m.batch_window = Duration::from_millis(30);
     let s = Scheduler::new(vec![m]);
     assert!(s.wait_loaded(Duration::from_secs(10)));
-    let hot = Sampling { temperature: 0.9, ..Sampling::greedy() };
+    let hot = Sampling {
+        temperature: 0.9,
+        ..Sampling::greedy()
+    };
     let submit = |prompt: &str, sampling: Sampling| {
         s.submit(Request {
             model: "m".into(),

@@ -385,3 +385,29 @@ fn on_the_default_model_batched_answers_equal_single_ones() {
         assert!(!b.0.is_empty());
     }
 }
+
+#[test]
+fn unloading_a_model_ends_its_requests_and_loading_it_again_serves() {
+    let s = start(vec![model("m", SLOW, 1)]);
+    let mut running = s.submit(req("m", "running", 1000)).unwrap();
+    first_event(&mut running);
+    let waiting = s.submit(req("m", "waiting", 5)).unwrap();
+    assert!(s.remove_model("m"));
+    assert!(!s.has_model("m"));
+    for stream in [running, waiting] {
+        match collect(stream).1 {
+            FinishReason::Error(msg) => assert!(msg.contains("unloaded"), "{msg}"),
+            other => panic!("expected an unload error, got {other:?}"),
+        }
+    }
+    assert!(matches!(
+        s.submit(req("m", "x", 1)),
+        Err(SubmitError::UnknownModel(_))
+    ));
+    s.add_model(model("m", SLOW, 1));
+    assert!(s.wait_loaded(Duration::from_secs(10)));
+    assert_eq!(
+        collect(s.submit(req("m", "again", 2)).unwrap()).1,
+        FinishReason::Length
+    );
+}
