@@ -1,3 +1,11 @@
 //! rkserve: the OpenAI- and Ollama-compatible HTTP server in front of the scheduler.
+//!
+//! Data flow: [`api`] (HTTP, one module per API) → [`catalog`] (which model, its template
+//! and tokenizer; [`registry`] finds the files) → the `scheduler` crate (queue, batches,
+//! runtime threads) → per-request streams back out as SSE or NDJSON.
 
+pub mod api;
+pub mod catalog;
+pub mod config;
 pub mod registry;
+pub mod tokenizer;

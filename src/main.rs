@@ -1,1 +1,68 @@
-fn main() {}
+//! `rkserve`: with no configuration it serves the default model on the CPU runtime built
+//! next to it; see config/rkserve.toml for everything else.
+
+use actix_web::{middleware, web, App, HttpServer};
+use clap::Parser;
+use rkserve::api::{self, AppState};
+use rkserve::catalog::Catalog;
+use rkserve::config::{Cli, Config};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RKSERVE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let cfg = match Config::load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("configuration: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (host, port) = (cfg.server.host.clone(), cfg.server.port);
+    let catalog = match Catalog::new(cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for m in catalog.scheduler.snapshot() {
+        match &m.status {
+            scheduler::ModelStatus::Unavailable(r) => {
+                tracing::error!("model {} is unavailable: {r}", m.name)
+            }
+            s => tracing::info!(
+                "model {}: {s:?}, n_batch {}, context {}",
+                m.name,
+                m.n_batch,
+                m.context_len
+            ),
+        }
+    }
+    let state = web::Data::new(AppState { catalog });
+    let run = async move {
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(actix_web::middleware::from_fn(api::auth))
+                .wrap(middleware::Logger::new("%r %s %Dms").log_target("rkserve::http"))
+                .configure(api::routes)
+        })
+        .bind((host.as_str(), port))?;
+        tracing::info!("listening on http://{host}:{port} (OpenAI: /v1, Ollama: /api)");
+        server.run().await
+    };
+    match actix_web::rt::System::new().block_on(run) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,233 @@
+//! Chat templates: turning a conversation into the prompt text a model was trained on.
+//!
+//! Models from Hugging Face bring a Jinja template (`tokenizer_config.json`, or
+//! `tokenizer.chat_template` in a GGUF); `.rkllm` files do not, so built-in templates cover
+//! the families people convert. Both render through one minijinja setup that behaves like
+//! the Python `transformers` one: block trimming, Python string and dict methods, and the
+//! `raise_exception` / `strftime_now` helpers templates call.
 
+mod builtin;
+mod strftime;
+
+use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// One turn of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> ChatMessage {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    /// The template does not parse.
+    #[error("syntax error in chat template: {0}")]
+    Syntax(String),
+    /// The template called `raise_exception`, which templates use to reject a conversation
+    /// they cannot format (e.g. roles that do not alternate): the caller's input is at fault.
+    #[error("chat template rejected the conversation: {0}")]
+    Raised(String),
+    /// Rendering failed for another reason (e.g. an unknown filter or a type error).
+    #[error("chat template render error: {0}")]
+    Render(String),
+}
+
+/// Marks a render error as coming from `raise_exception`, so it can be told apart from
+/// minijinja's own invalid-operation errors.
+#[derive(Debug)]
+struct Raised;
+
+impl fmt::Display for Raised {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("raised by the template")
+    }
+}
+
+impl std::error::Error for Raised {}
+
+fn raise_exception(msg: String) -> Result<String, JinjaError> {
+    Err(JinjaError::new(ErrorKind::InvalidOperation, msg).with_source(Raised))
+}
+
+fn strftime_now(fmt: String) -> String {
+    strftime::DateTime::now().format(&fmt)
+}
+
+fn render_error(e: JinjaError) -> TemplateError {
+    let raised = std::error::Error::source(&e).is_some_and(|s| s.is::<Raised>());
+    match (raised, e.detail()) {
+        (true, Some(msg)) => TemplateError::Raised(msg.to_string()),
+        _ => TemplateError::Render(e.to_string()),
+    }
+}
+
+const NAME: &str = "chat";
+
+/// End-of-turn markers of the families we know; a template that writes one is assumed to
+/// end its turns with it.
+const TURN_MARKERS: &[&str] = &[
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<end_of_turn>",
+    "<|end|>",
+    "<｜end▁of▁sentence｜>",
+    // MiniCPM has no end-of-turn marker; a model that goes on writes the next user turn.
+    "<用户>",
+];
+
+/// A compiled chat template, ready to render conversations.
+#[derive(Debug, Clone)]
+pub struct ChatTemplate {
+    // Holds the compiled template, so rendering does not parse it again.
+    env: Environment<'static>,
+    source: String,
+    bos: String,
+    eos: String,
+    family: Option<&'static str>,
+}
+
+impl ChatTemplate {
+    /// A Hugging Face Jinja chat template (as in `tokenizer_config.json` or GGUF
+    /// `tokenizer.chat_template`); `bos`/`eos` are the token texts passed to the template as
+    /// `bos_token`/`eos_token`. Fails if the template does not compile.
+    pub fn from_jinja(source: &str, bos: &str, eos: &str) -> Result<ChatTemplate, TemplateError> {
+        let mut env = Environment::new();
+        // transformers renders with these on, and templates are written for it.
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        minijinja_contrib::add_to_environment(&mut env);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", strftime_now);
+        env.add_template_owned(NAME, source.to_string())
+            .map_err(|e| TemplateError::Syntax(e.to_string()))?;
+        Ok(ChatTemplate {
+            env,
+            source: source.to_string(),
+            bos: bos.to_string(),
+            eos: eos.to_string(),
+            family: None,
+        })
+    }
+
+    /// A built-in template, so `.rkllm` files work without downloading anything. Families:
+    /// `chatml` (Qwen 2/2.5/3, SmolLM and many others), `llama3`, `gemma`, `phi3`, `minicpm`
+    /// and `deepseek` (DeepSeek-R1-Distill / V2-style `<｜User｜>`/`<｜Assistant｜>`).
+    pub fn builtin(family: &str) -> Option<ChatTemplate> {
+        let b = builtin::BUILTINS.iter().find(|b| b.name == family)?;
+        let mut t = ChatTemplate::from_jinja(b.source, b.bos, b.eos)
+            .expect("built-in chat templates compile");
+        t.family = Some(b.name);
+        Some(t)
+    }
+
+    /// The names [`ChatTemplate::builtin`] accepts.
+    pub fn builtin_families() -> impl Iterator<Item = &'static str> {
+        builtin::BUILTINS.iter().map(|b| b.name)
+    }
+
+    /// Guesses the built-in family from a model file name or friendly name
+    /// (case-insensitive), e.g. `Qwen_Qwen3-0.6B-w8a8-…-rk3588.rkllm` → `chatml`.
+    pub fn guess_family(model_name: &str) -> Option<&'static str> {
+        let name: String = model_name
+            .to_lowercase()
+            .chars()
+            .map(|c| if c == '_' || c == ' ' { '-' } else { c })
+            .collect();
+        let has = |needles: &[&str]| needles.iter().any(|n| name.contains(n));
+        // Order matters: distilled models name their base family too
+        // ("DeepSeek-R1-Distill-Qwen", "DeepSeek-R1-Distill-Llama") but use DeepSeek's format.
+        if has(&["deepseek"]) {
+            Some("deepseek")
+        } else if has(&["minicpm"]) {
+            Some("minicpm")
+        } else if has(&["llama-3", "llama3"]) {
+            Some("llama3")
+        } else if has(&["gemma"]) {
+            Some("gemma")
+        } else if has(&["phi-3", "phi3", "phi-4", "phi4"]) {
+            Some("phi3")
+        } else if has(&["qwen", "qwq", "smollm"]) {
+            Some("chatml")
+        } else {
+            None
+        }
+    }
+
+    /// Renders a conversation (all turns, in full), ending with the assistant's turn opening
+    /// when `add_generation_prompt`. Thinking models keep their default (thinking on).
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, TemplateError> {
+        self.render_with(messages, add_generation_prompt, true)
+    }
+
+    /// [`ChatTemplate::render`] with `enable_thinking` passed to the template; templates of
+    /// thinking models (Qwen3, and the `chatml`/`deepseek` built-ins) then open the
+    /// assistant's turn with an empty think block.
+    pub fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        enable_thinking: bool,
+    ) -> Result<String, TemplateError> {
+        let template = self.env.get_template(NAME).map_err(render_error)?;
+        template
+            .render(context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => &self.bos,
+                eos_token => &self.eos,
+                enable_thinking => enable_thinking,
+            })
+            .map_err(render_error)
+    }
+
+    /// End-of-turn strings a server should stop at besides the EOS token: the EOS text
+    /// (for runtimes that return special tokens as text) and every known turn marker the
+    /// template writes, e.g. `<|im_end|>` for ChatML or `<end_of_turn>` for Gemma.
+    pub fn stop_strings(&self) -> Vec<String> {
+        let mut stops: Vec<String> = Vec::new();
+        if !self.eos.is_empty() {
+            stops.push(self.eos.clone());
+        }
+        for marker in TURN_MARKERS {
+            if self.source.contains(marker) && !stops.iter().any(|s| s == marker) {
+                stops.push(marker.to_string());
+            }
+        }
+        stops
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The built-in family name; `None` for a template from [`ChatTemplate::from_jinja`].
+    pub fn family(&self) -> Option<&str> {
+        self.family
+    }
+
+    /// The text passed to the template as `bos_token`.
+    pub fn bos_token(&self) -> &str {
+        &self.bos
+    }
+
+    /// The text passed to the template as `eos_token`.
+    pub fn eos_token(&self) -> &str {
+        &self.eos
+    }
+}

@@ -1,16 +1,15 @@
 //! How PROMPT input is wrapped before tokenization: the model's own Jinja chat template by
 //! default, or the system/prefix/postfix given to `rkllm_set_chat_template`.
 
-use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
+use chat_template::ChatMessage;
 
 #[derive(Debug, Clone)]
 pub enum ChatTemplate {
-    /// A Hugging Face Jinja template, as stored in the GGUF (`tokenizer.chat_template`).
-    Jinja {
-        source: String,
-        bos: String,
-        eos: String,
-    },
+    /// A Hugging Face Jinja template, as stored in the GGUF (`tokenizer.chat_template`),
+    /// compiled once when the model loads.
+    Jinja(chat_template::ChatTemplate),
+    /// The model's template does not compile; every PROMPT render reports why.
+    Invalid(String),
     /// Set by `rkllm_set_chat_template`; all empty passes text through verbatim.
     Fixed {
         system: String,
@@ -23,15 +22,19 @@ pub enum ChatTemplate {
 const A: &str = "\u{1}rkllm-a\u{1}";
 const B: &str = "\u{1}rkllm-b\u{1}";
 
-fn raise_exception(msg: String) -> Result<String, JinjaError> {
-    Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
-}
-
-fn strftime_now(_fmt: String) -> String {
-    String::new()
-}
-
 impl ChatTemplate {
+    /// The model's Jinja template with its BOS/EOS token texts. A template that does not
+    /// compile is kept as the error, so requests fail with it rather than the model load.
+    pub fn jinja(source: &str, bos: &str, eos: &str) -> Self {
+        match chat_template::ChatTemplate::from_jinja(source, bos, eos) {
+            Ok(t) => ChatTemplate::Jinja(t),
+            Err(e) => {
+                eprintln!("rkllm-cpu: {e}");
+                ChatTemplate::Invalid(e.to_string())
+            }
+        }
+    }
+
     pub fn verbatim() -> Self {
         ChatTemplate::Fixed {
             system: String::new(),
@@ -41,29 +44,17 @@ impl ChatTemplate {
     }
 
     fn render(
-        source: &str,
-        bos: &str,
-        eos: &str,
+        template: &chat_template::ChatTemplate,
         messages: &[(&str, &str)],
         enable_thinking: bool,
-    ) -> Result<String, JinjaError> {
-        let mut env = Environment::new();
-        minijinja_contrib::add_to_environment(&mut env);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", raise_exception);
-        env.add_function("strftime_now", strftime_now);
-        env.add_template("chat", source)?;
+    ) -> Result<String, String> {
         let messages: Vec<_> = messages
             .iter()
-            .map(|(role, content)| context! { role => *role, content => *content })
+            .map(|(role, content)| ChatMessage::new(*role, *content))
             .collect();
-        env.get_template("chat")?.render(context! {
-            messages => messages,
-            add_generation_prompt => true,
-            bos_token => bos,
-            eos_token => eos,
-            enable_thinking => enable_thinking,
-        })
+        template
+            .render_with(&messages, true, enable_thinking)
+            .map_err(|e| e.to_string())
     }
 
     /// The text that starts a conversation with one message of `role`.
@@ -74,10 +65,8 @@ impl ChatTemplate {
                 prefix,
                 postfix,
             } => Ok(format!("{system}{prefix}{text}{postfix}")),
-            ChatTemplate::Jinja { source, bos, eos } => {
-                Self::render(source, bos, eos, &[(role, text)], thinking)
-                    .map_err(|e| format!("chat template: {e}"))
-            }
+            ChatTemplate::Jinja(template) => Self::render(template, &[(role, text)], thinking),
+            ChatTemplate::Invalid(e) => Err(e.clone()),
         }
     }
 
@@ -88,24 +77,22 @@ impl ChatTemplate {
             ChatTemplate::Fixed {
                 prefix, postfix, ..
             } => Ok(format!("{prefix}{text}{postfix}")),
-            ChatTemplate::Jinja { source, bos, eos } => {
+            ChatTemplate::Jinja(template) => {
                 let out = Self::render(
-                    source,
-                    bos,
-                    eos,
+                    template,
                     &[("user", A), ("assistant", B), (role, text)],
                     thinking,
-                )
-                .map_err(|e| format!("chat template: {e}"))?;
+                )?;
                 let after = out
                     .split_once(B)
                     .map(|(_, rest)| rest)
                     .ok_or("chat template drops assistant turns")?;
                 Ok(after
-                    .strip_prefix(eos.as_str())
+                    .strip_prefix(template.eos_token())
                     .unwrap_or(after)
                     .to_string())
             }
+            ChatTemplate::Invalid(e) => Err(e.clone()),
         }
     }
 
@@ -113,13 +100,14 @@ impl ChatTemplate {
     pub fn system_part(&self, thinking: bool) -> String {
         match self {
             ChatTemplate::Fixed { system, .. } => system.clone(),
-            ChatTemplate::Jinja { .. } => {
+            ChatTemplate::Jinja(_) => {
                 let first = self.first_turn("user", A, thinking).unwrap_or_default();
                 let next = self.next_turn("user", A, thinking).unwrap_or_default();
                 let head = first.split(A).next().unwrap_or("");
                 let user_prefix = next.split(A).next().unwrap_or("").trim_start();
                 head.strip_suffix(user_prefix).unwrap_or("").to_string()
             }
+            ChatTemplate::Invalid(_) => String::new(),
         }
     }
 }
@@ -131,11 +119,7 @@ mod tests {
     const CHATML: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are helpful<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
     fn chatml() -> ChatTemplate {
-        ChatTemplate::Jinja {
-            source: CHATML.into(),
-            bos: "<|im_start|>".into(),
-            eos: "<|im_end|>".into(),
-        }
+        ChatTemplate::jinja(CHATML, "<|im_start|>", "<|im_end|>")
     }
 
     #[test]
@@ -183,11 +167,14 @@ mod tests {
 
     #[test]
     fn template_errors_are_reported_not_panicked() {
-        let t = ChatTemplate::Jinja {
-            source: "{{ raise_exception('no') }}".into(),
-            bos: String::new(),
-            eos: String::new(),
-        };
+        let t = ChatTemplate::jinja("{{ raise_exception('no') }}", "", "");
         assert!(t.first_turn("user", "x", false).unwrap_err().contains("no"));
+        let t = ChatTemplate::jinja("{% if %}", "", "");
+        assert!(matches!(t, ChatTemplate::Invalid(_)));
+        assert!(t
+            .next_turn("user", "x", false)
+            .unwrap_err()
+            .contains("syntax error"));
+        assert_eq!(t.system_part(false), "");
     }
 }

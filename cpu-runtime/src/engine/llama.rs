@@ -215,11 +215,7 @@ impl<'m> LlamaEngine<'m> {
             .ok()
             .and_then(|t| t.to_string().ok())
         {
-            Some(source) => ChatTemplate::Jinja {
-                source,
-                bos: bos_text.clone(),
-                eos: eos_text,
-            },
+            Some(source) => ChatTemplate::jinja(&source, &bos_text, &eos_text),
             None => {
                 eprintln!("rkllm-cpu: the model has no chat template; prompts are used verbatim");
                 ChatTemplate::verbatim()

@@ -1,0 +1,126 @@
+//! One error type for every handler, rendered in the shape the calling API's clients parse:
+//! OpenAI `{"error": {"message", "type", "param", "code"}}`, Ollama `{"error": "..."}`.
+
+use crate::catalog::CatalogError;
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
+use scheduler::SubmitError;
+use serde_json::json;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    OpenAi,
+    Ollama,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    /// The request field at fault, if any.
+    pub param: Option<String>,
+    pub retry_after: Option<Duration>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            param: None,
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn bad_param(param: &str, message: impl Into<String>) -> Self {
+        ApiError {
+            param: Some(param.to_string()),
+            ..Self::bad_request(message)
+        }
+    }
+
+    fn openai_type(&self) -> &'static str {
+        match self.status.as_u16() {
+            400 | 413 | 422 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            429 => "rate_limit_error",
+            503 => "service_unavailable_error",
+            _ => "server_error",
+        }
+    }
+
+    fn openai_code(&self) -> Option<&'static str> {
+        match self.status.as_u16() {
+            401 => Some("invalid_api_key"),
+            404 => Some("model_not_found"),
+            413 => Some("request_too_large"),
+            429 => Some("rate_limit_exceeded"),
+            _ => None,
+        }
+    }
+
+    pub fn body(&self, api: Api) -> serde_json::Value {
+        match api {
+            Api::OpenAi => json!({"error": {
+                "message": self.message,
+                "type": self.openai_type(),
+                "param": self.param,
+                "code": self.openai_code(),
+            }}),
+            Api::Ollama => json!({"error": self.message}),
+        }
+    }
+
+    pub fn response(&self, api: Api) -> HttpResponse {
+        let mut r = HttpResponse::build(self.status);
+        if let Some(d) = self.retry_after {
+            r.insert_header(("Retry-After", d.as_secs().max(1).to_string()));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        r.json(self.body(api))
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        let message = e.to_string();
+        match e {
+            SubmitError::UnknownModel(_) => ApiError::new(StatusCode::NOT_FOUND, message),
+            SubmitError::PromptTooLong { .. } => ApiError::bad_param("messages", message),
+            SubmitError::Overloaded { retry_after, .. } => ApiError {
+                retry_after: Some(retry_after),
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, message)
+            },
+            SubmitError::ModelUnavailable { .. } | SubmitError::ShuttingDown => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+            }
+        }
+    }
+}
+
+impl From<CatalogError> for ApiError {
+    fn from(e: CatalogError) -> Self {
+        let message = e.to_string();
+        match e {
+            CatalogError::NotFound(_) => ApiError {
+                param: Some("model".into()),
+                ..ApiError::new(StatusCode::NOT_FOUND, message)
+            },
+            CatalogError::Invalid { .. } => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+            }
+            CatalogError::InsufficientMemory { .. } => {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, message)
+            }
+        }
+    }
+}

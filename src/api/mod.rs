@@ -1,0 +1,137 @@
+//! The HTTP front end: routes, authentication, and the service endpoints. Each API's
+//! handlers live in their own module and answer errors in their own shape.
+
+mod body;
+pub mod error;
+mod generate;
+mod manage;
+mod ollama;
+mod openai;
+
+use crate::catalog::Catalog;
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::middleware::Next;
+use actix_web::{web, HttpResponse};
+use error::{Api, ApiError};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+pub struct AppState {
+    pub catalog: Catalog,
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/health", web::get().to(health))
+        .route("/ready", web::get().to(ready))
+        .route("/v1/chat/completions", web::post().to(openai::chat))
+        .route("/v1/completions", web::post().to(openai::completions))
+        .route("/v1/models", web::get().to(openai::list_models))
+        .route("/v1/models/loaded", web::get().to(manage::loaded))
+        .route("/v1/models/{id}/load", web::post().to(manage::load))
+        .route("/v1/models/{id}/unload", web::post().to(manage::unload))
+        .route("/v1/models/{id}", web::get().to(openai::get_model))
+        .route("/api/chat", web::post().to(ollama::chat))
+        .route("/api/generate", web::post().to(ollama::generate))
+        .route("/api/tags", web::get().to(ollama::tags))
+        .route("/api/show", web::post().to(ollama::show))
+        .route("/api/ps", web::get().to(ollama::ps))
+        .route("/api/version", web::get().to(ollama::version))
+        .default_service(web::to(not_found));
+}
+
+fn api_of(path: &str) -> Api {
+    if path.starts_with("/api/") {
+        Api::Ollama
+    } else {
+        Api::OpenAi
+    }
+}
+
+async fn not_found(req: actix_web::HttpRequest) -> HttpResponse {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no route for {} {}", req.method(), req.path()),
+    )
+    .response(api_of(req.path()))
+}
+
+/// `Authorization: Bearer <key>`, compared in constant time, when keys are configured.
+pub async fn auth(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .expect("AppState is registered")
+        .clone();
+    let server = &state.catalog.config().server;
+    let path = req.path();
+    let open = server.open_health && matches!(path, "/health" | "/ready" | "/metrics");
+    if server.api_keys.is_empty() || open {
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_left_body);
+    }
+    let presented = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .unwrap_or("")
+        .trim();
+    // Every key is compared, so the time taken says nothing about which one nearly matched.
+    let ok = server.api_keys.iter().fold(0u8, |acc, k| {
+        acc | k.as_bytes().ct_eq(presented.as_bytes()).unwrap_u8()
+    });
+    if ok == 1 {
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_left_body);
+    }
+    let api = api_of(path);
+    let message = if presented.is_empty() {
+        "missing API key: send Authorization: Bearer <key>"
+    } else {
+        "invalid API key"
+    };
+    let resp = ApiError::new(StatusCode::UNAUTHORIZED, message).response(api);
+    Ok(req.into_response(resp).map_into_right_body())
+}
+
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// 200 once any model can serve; 503 with the reasons until then.
+async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let snap = state.catalog.scheduler.snapshot();
+    let ready: Vec<&str> = snap
+        .iter()
+        .filter(|m| m.status == scheduler::ModelStatus::Ready)
+        .map(|m| m.name.as_str())
+        .collect();
+    if !ready.is_empty() {
+        return HttpResponse::Ok().json(json!({"status": "ready", "models": ready}));
+    }
+    let reasons: Vec<String> = snap
+        .iter()
+        .map(|m| match &m.status {
+            scheduler::ModelStatus::Loading => format!("{}: loading", m.name),
+            scheduler::ModelStatus::Unavailable(r) => format!("{}: {r}", m.name),
+            scheduler::ModelStatus::Ready => unreachable!(),
+        })
+        .collect();
+    let reason = if reasons.is_empty() {
+        "no model is loaded".to_string()
+    } else {
+        reasons.join("; ")
+    };
+    HttpResponse::ServiceUnavailable().json(json!({"status": "unavailable", "reason": reason}))
+}

@@ -1,0 +1,309 @@
+//! The models rkserve knows: what the models directory holds ([`crate::registry`]), each
+//! prepared for serving (chat template, tokenizer, context length) on first use, and loaded
+//! into the scheduler on demand.
+
+use crate::config::{Config, DEFAULT_MODEL, DEFAULT_MODEL_FILE};
+use crate::registry::{self, ModelEntry, ModelKind};
+use crate::tokenizer::Tokenizer;
+use chat_template::ChatTemplate;
+use parking_lot::{Mutex, RwLock};
+use scheduler::{ModelConfig, Scheduler};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("model '{0}' not found")]
+    NotFound(String),
+    #[error("model '{model}' cannot be served: {reason}")]
+    Invalid { model: String, reason: String },
+    #[error("model '{model}' needs about {need_mb} MB but only {available_mb} MB of memory is available; unload another model first")]
+    InsufficientMemory {
+        model: String,
+        need_mb: u64,
+        available_mb: u64,
+    },
+}
+
+/// A model ready to take requests: how to render, count and stop its prompts.
+pub struct Served {
+    pub entry: ModelEntry,
+    pub template: ChatTemplate,
+    pub tokenizer: Tokenizer,
+    pub context_len: usize,
+    pub stop: Vec<String>,
+    pub family: String,
+    pub parameters: Option<u64>,
+    pub n_batch: u8,
+    pub instances: usize,
+}
+
+pub struct Catalog {
+    cfg: Config,
+    runtime_lib: PathBuf,
+    entries: RwLock<Vec<ModelEntry>>,
+    prepared: Mutex<HashMap<String, Arc<Served>>>,
+    loaded_at: Mutex<HashMap<String, (std::time::SystemTime, Duration)>>,
+    pub scheduler: Scheduler,
+}
+
+/// The CPU runtime built next to the running binary.
+pub fn default_runtime_lib() -> Option<PathBuf> {
+    rkllm::cpu_runtime_near_exe()
+}
+
+fn mem_available_mb() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = s
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024)
+}
+
+/// Runs scripts/fetch-default-model (the one place that knows where the default model comes
+/// from and its checksum) into `dir`.
+fn fetch_default_model(dir: &Path) -> Result<(), String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-default-model");
+    if !script.is_file() {
+        return Err(format!(
+            "the default model {DEFAULT_MODEL_FILE} is missing from {} and {} is not available to fetch it",
+            dir.display(),
+            script.display()
+        ));
+    }
+    tracing::info!("fetching the default model into {}", dir.display());
+    let status = std::process::Command::new(&script)
+        .arg(dir)
+        .status()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{} failed ({status})", script.display()))
+    }
+}
+
+impl Catalog {
+    pub fn new(cfg: Config) -> Result<Catalog, String> {
+        let runtime_lib = if cfg.runtime.lib.as_os_str().is_empty() {
+            default_runtime_lib().ok_or(
+                "no runtime library configured and no librkllmrt.so next to rkserve: \
+                 build the workspace (cargo build --release) or set --runtime-lib",
+            )?
+        } else {
+            cfg.runtime.lib.clone()
+        };
+        if !cfg.models.dir.is_dir() {
+            std::fs::create_dir_all(&cfg.models.dir).map_err(|e| {
+                format!(
+                    "cannot create models directory {}: {e}",
+                    cfg.models.dir.display()
+                )
+            })?;
+        }
+        let wants_default = cfg.models.preload.iter().any(|p| p == DEFAULT_MODEL);
+        if cfg.models.fetch_default_model
+            && wants_default
+            && !cfg.models.dir.join(DEFAULT_MODEL_FILE).is_file()
+        {
+            fetch_default_model(&cfg.models.dir)?;
+        }
+        let entries = registry::scan(&cfg.models.dir).map_err(|e| e.to_string())?;
+        let catalog = Catalog {
+            runtime_lib,
+            entries: RwLock::new(entries),
+            prepared: Mutex::new(HashMap::new()),
+            loaded_at: Mutex::new(HashMap::new()),
+            scheduler: Scheduler::new(vec![]),
+            cfg,
+        };
+        for name in catalog.cfg.models.preload.clone() {
+            let served = catalog.resolve(&name).map_err(|e| e.to_string())?;
+            catalog.ensure_loaded(&served).map_err(|e| e.to_string())?;
+        }
+        Ok(catalog)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Every model in the models directory (rescanned, so new files appear).
+    pub fn list(&self) -> Vec<ModelEntry> {
+        if let Ok(fresh) = registry::scan(&self.cfg.models.dir) {
+            *self.entries.write() = fresh;
+        }
+        self.entries.read().clone()
+    }
+
+    /// Finds a model by name, file name or stem, and prepares it for serving.
+    pub fn resolve(&self, query: &str) -> Result<Arc<Served>, CatalogError> {
+        let entry = {
+            let entries = self.entries.read();
+            registry::find(&entries, query).cloned()
+        };
+        let entry = match entry {
+            Some(e) => e,
+            None => {
+                let entries = self.list();
+                registry::find(&entries, query)
+                    .cloned()
+                    .ok_or_else(|| CatalogError::NotFound(query.to_string()))?
+            }
+        };
+        if let Some(s) = self.prepared.lock().get(&entry.name) {
+            return Ok(s.clone());
+        }
+        let served = Arc::new(self.prepare(entry)?);
+        self.prepared
+            .lock()
+            .insert(served.entry.name.clone(), served.clone());
+        Ok(served)
+    }
+
+    fn prepare(&self, entry: ModelEntry) -> Result<Served, CatalogError> {
+        let invalid = |reason: String| CatalogError::Invalid {
+            model: entry.name.clone(),
+            reason,
+        };
+        let side = &entry.sidecar;
+        let (tokenizer, gguf) = match entry.kind {
+            ModelKind::Gguf => {
+                let (t, info) = Tokenizer::gguf(&entry.path).map_err(invalid)?;
+                (t, Some(info))
+            }
+            ModelKind::Synthetic => (
+                Tokenizer::Bytes {
+                    bytes_per_token: 4,
+                    exact: true,
+                },
+                None,
+            ),
+            ModelKind::Rkllm => (
+                Tokenizer::Bytes {
+                    bytes_per_token: 3,
+                    exact: false,
+                },
+                None,
+            ),
+        };
+        let template = if let Some(src) = &side.chat_template {
+            let (bos, eos) = gguf.as_ref().map_or((String::new(), String::new()), |g| {
+                (g.bos.clone(), g.eos.clone())
+            });
+            ChatTemplate::from_jinja(src, &bos, &eos).map_err(|e| invalid(e.to_string()))?
+        } else if let Some(family) = &side.template_family {
+            ChatTemplate::builtin(family)
+                .ok_or_else(|| invalid(format!("unknown template_family '{family}'")))?
+        } else if let Some(src) = gguf.as_ref().and_then(|g| g.chat_template.as_ref()) {
+            let g = gguf.as_ref().expect("checked");
+            ChatTemplate::from_jinja(src, &g.bos, &g.eos).map_err(|e| invalid(e.to_string()))?
+        } else {
+            let family = ChatTemplate::guess_family(&entry.file_name).unwrap_or_else(|| {
+                tracing::warn!(
+                    "model {}: no chat template known; using ChatML (set template_family or chat_template in {}.toml)",
+                    entry.name,
+                    entry.path.with_extension("").display()
+                );
+                "chatml"
+            });
+            ChatTemplate::builtin(family).expect("guessed families are built in")
+        };
+        let context_len = entry
+            .context_len
+            .or(gguf.as_ref().map(|g| g.context_len).filter(|&c| c > 0))
+            .unwrap_or(self.cfg.scheduler.default_context_len);
+        let mut stop = template.stop_strings();
+        stop.extend(side.stop.clone().unwrap_or_default());
+        stop.retain(|s| !s.is_empty());
+        stop.dedup();
+        Ok(Served {
+            family: gguf
+                .as_ref()
+                .and_then(|g| g.architecture.clone())
+                .or_else(|| template.family().map(str::to_string))
+                .unwrap_or_else(|| "unknown".into()),
+            parameters: gguf.as_ref().map(|g| g.parameters),
+            n_batch: side.n_batch.unwrap_or(self.cfg.scheduler.n_batch),
+            instances: side.instances.unwrap_or(self.cfg.scheduler.instances),
+            template,
+            tokenizer,
+            context_len,
+            stop,
+            entry,
+        })
+    }
+
+    fn model_config(&self, s: &Served) -> Result<ModelConfig, CatalogError> {
+        let side = &s.entry.sidecar;
+        let sc = &self.cfg.scheduler;
+        let lib = side
+            .runtime_lib
+            .clone()
+            .unwrap_or_else(|| self.runtime_lib.clone());
+        let mut m = ModelConfig::new(s.entry.name.clone(), s.entry.path.clone(), lib);
+        m.abi = match &side.abi {
+            Some(a) => a.parse().map_err(|e: String| CatalogError::Invalid {
+                model: s.entry.name.clone(),
+                reason: e,
+            })?,
+            None => self.cfg.runtime.abi,
+        };
+        m.context_len = s.context_len;
+        m.instances = s.instances;
+        m.n_batch = s.n_batch;
+        m.max_queue = sc.max_queue;
+        m.max_queue_wait = sc.max_queue_wait;
+        m.batch_window = sc.batch_window;
+        m.starvation_bound = sc.starvation_bound;
+        m.stall_timeout = sc.stall_timeout;
+        m.destroy_timeout = sc.destroy_timeout;
+        m.cpus = (!sc.cpus.is_empty()).then(|| sc.cpus.clone());
+        Ok(m)
+    }
+
+    /// Loads the model into the scheduler unless it is there already. Refuses a model that
+    /// would not fit in the memory available, instead of letting the kernel kill the server.
+    pub fn ensure_loaded(&self, s: &Served) -> Result<(), CatalogError> {
+        if self.scheduler.has_model(&s.entry.name) {
+            return Ok(());
+        }
+        let cfg = self.model_config(s)?;
+        if s.entry.kind != ModelKind::Synthetic {
+            let need_mb = s.entry.size_bytes * 12 / 10 / (1 << 20) + 64;
+            if let Some(available_mb) = mem_available_mb() {
+                if need_mb > available_mb {
+                    return Err(CatalogError::InsufficientMemory {
+                        model: s.entry.name.clone(),
+                        need_mb,
+                        available_mb,
+                    });
+                }
+            }
+        }
+        let t = Instant::now();
+        self.scheduler.add_model(cfg);
+        self.scheduler.wait_loaded(Duration::from_secs(600));
+        self.loaded_at.lock().insert(
+            s.entry.name.clone(),
+            (std::time::SystemTime::now(), t.elapsed()),
+        );
+        Ok(())
+    }
+
+    pub fn unload(&self, name: &str) -> bool {
+        self.loaded_at.lock().remove(name);
+        self.scheduler.remove_model(name)
+    }
+
+    /// When the model was loaded and how long loading took.
+    pub fn load_info(&self, name: &str) -> Option<(std::time::SystemTime, Duration)> {
+        self.loaded_at.lock().get(name).copied()
+    }
+}

@@ -1,0 +1,278 @@
+//! Configuration: `config/rkserve.toml` (every setting commented there), then environment
+//! variables, then command-line flags.
+
+use clap::Parser;
+use rkllm::AbiFamily;
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: Server,
+    pub runtime: Runtime,
+    pub models: Models,
+    pub scheduler: Scheduler,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: Server::default(),
+            runtime: Runtime::default(),
+            models: Models::default(),
+            scheduler: Scheduler::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    pub host: String,
+    pub port: u16,
+    pub api_keys: Vec<String>,
+    pub open_health: bool,
+    pub max_body_bytes: usize,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            api_keys: vec![],
+            open_health: true,
+            max_body_bytes: 4 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Runtime {
+    pub lib: PathBuf,
+    #[serde(deserialize_with = "de_abi")]
+    pub abi: AbiFamily,
+}
+
+fn de_abi<'de, D: serde::Deserializer<'de>>(d: D) -> Result<AbiFamily, D::Error> {
+    String::deserialize(d)?
+        .parse()
+        .map_err(serde::de::Error::custom)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Models {
+    pub dir: PathBuf,
+    pub preload: Vec<String>,
+    pub fetch_default_model: bool,
+}
+
+pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+impl Default for Models {
+    fn default() -> Self {
+        Models {
+            dir: "models".into(),
+            preload: vec![DEFAULT_MODEL.into()],
+            fetch_default_model: true,
+        }
+    }
+}
+
+mod duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+    pub fn de<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        humantime::parse_duration(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scheduler {
+    pub instances: usize,
+    pub n_batch: u8,
+    pub max_queue: usize,
+    #[serde(deserialize_with = "duration::de")]
+    pub max_queue_wait: Duration,
+    #[serde(deserialize_with = "duration::de")]
+    pub batch_window: Duration,
+    #[serde(deserialize_with = "duration::de")]
+    pub starvation_bound: Duration,
+    #[serde(deserialize_with = "duration::de")]
+    pub stall_timeout: Duration,
+    #[serde(deserialize_with = "duration::de")]
+    pub destroy_timeout: Duration,
+    pub cpus: Vec<usize>,
+    pub default_context_len: usize,
+}
+
+impl Default for Scheduler {
+    fn default() -> Self {
+        Scheduler {
+            instances: 1,
+            n_batch: 8,
+            max_queue: 64,
+            max_queue_wait: Duration::from_secs(120),
+            batch_window: Duration::from_millis(5),
+            starvation_bound: Duration::from_secs(2),
+            stall_timeout: Duration::from_secs(30),
+            destroy_timeout: Duration::from_secs(5),
+            cpus: vec![],
+            default_context_len: 4096,
+        }
+    }
+}
+
+/// Command-line flags; each also reads its environment variable.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "A batching LLM server for Rockchip NPUs (OpenAI and Ollama APIs)"
+)]
+pub struct Cli {
+    /// Configuration file. Default: config/rkserve.toml if it exists.
+    #[arg(long, env = "RKSERVE_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "RKSERVE_HOST")]
+    pub host: Option<String>,
+    #[arg(long, env = "RKSERVE_PORT")]
+    pub port: Option<u16>,
+    #[arg(long, env = "RKSERVE_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
+    #[arg(long, env = "RKSERVE_RUNTIME_LIB")]
+    pub runtime_lib: Option<PathBuf>,
+    #[arg(long, env = "RKSERVE_RUNTIME_ABI")]
+    pub runtime_abi: Option<AbiFamily>,
+    /// Comma-separated API keys.
+    #[arg(long, env = "RKSERVE_API_KEYS", value_delimiter = ',')]
+    pub api_keys: Option<Vec<String>>,
+    /// Models to load at start-up (comma-separated), replacing the configured list.
+    #[arg(long, env = "RKSERVE_PRELOAD", value_delimiter = ',')]
+    pub preload: Option<Vec<String>>,
+    /// Sequences per run.
+    #[arg(long, env = "RKSERVE_N_BATCH")]
+    pub n_batch: Option<u8>,
+    /// Instances per model.
+    #[arg(long, env = "RKSERVE_INSTANCES")]
+    pub instances: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+        let path = cli.config.clone().or_else(|| {
+            let p = PathBuf::from("config/rkserve.toml");
+            p.is_file().then_some(p)
+        });
+        let mut cfg = match &path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.clone(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: p.clone(),
+                    source,
+                })?
+            }
+            None => Config::default(),
+        };
+        if let Some(h) = &cli.host {
+            cfg.server.host = h.clone();
+        }
+        if let Some(p) = cli.port {
+            cfg.server.port = p;
+        }
+        if let Some(d) = &cli.models_dir {
+            cfg.models.dir = d.clone();
+        }
+        if let Some(l) = &cli.runtime_lib {
+            cfg.runtime.lib = l.clone();
+        }
+        if let Some(a) = cli.runtime_abi {
+            cfg.runtime.abi = a;
+        }
+        if let Some(k) = &cli.api_keys {
+            cfg.server.api_keys = k.iter().filter(|k| !k.is_empty()).cloned().collect();
+        }
+        if let Some(p) = &cli.preload {
+            cfg.models.preload = p.iter().filter(|k| !k.is_empty()).cloned().collect();
+        }
+        if let Some(n) = cli.n_batch {
+            cfg.scheduler.n_batch = n;
+        }
+        if let Some(n) = cli.instances {
+            cfg.scheduler.instances = n;
+        }
+        if !(1..=8).contains(&cfg.scheduler.n_batch) {
+            return Err(ConfigError::Invalid(format!(
+                "scheduler.n_batch must be 1 to 8, got {}",
+                cfg.scheduler.n_batch
+            )));
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_file_parses_and_matches_the_defaults() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/rkserve.toml"))
+                .unwrap();
+        let file: Config = toml::from_str(&text).unwrap();
+        let d = Config::default();
+        assert_eq!(file.server.port, d.server.port);
+        assert_eq!(file.scheduler.n_batch, d.scheduler.n_batch);
+        assert_eq!(file.scheduler.batch_window, d.scheduler.batch_window);
+        assert_eq!(file.models.preload, d.models.preload);
+        assert_eq!(file.runtime.abi, d.runtime.abi);
+    }
+
+    #[test]
+    fn flags_override_the_file_and_bad_values_are_refused() {
+        let cli = Cli::parse_from([
+            "rkserve",
+            "--port",
+            "9000",
+            "--runtime-abi",
+            "1.2",
+            "--api-keys",
+            "a,b",
+        ]);
+        let cfg = Config::load(&cli).unwrap();
+        assert_eq!(cfg.server.port, 9000);
+        assert_eq!(cfg.runtime.abi, AbiFamily::V1_2);
+        assert_eq!(cfg.server.api_keys, vec!["a", "b"]);
+        let cli = Cli::parse_from(["rkserve", "--n-batch", "9"]);
+        assert!(matches!(Config::load(&cli), Err(ConfigError::Invalid(_))));
+        assert!(
+            toml::from_str::<Config>("[server]\nprot = 1\n").is_err(),
+            "unknown keys are typos"
+        );
+    }
+}

@@ -1,0 +1,108 @@
+//! Prompt token counts. For GGUF models they are exact: the vocabulary is loaded from the
+//! same file with llama.cpp (vocab only, no weights) and tokenizes as the runtime does.
+//! For `.rkllm` files the tokenizer lives inside the closed runtime, so counts are estimates.
+
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use std::path::Path;
+use std::sync::OnceLock;
+
+fn backend() -> Result<&'static LlamaBackend, String> {
+    static B: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    B.get_or_init(|| {
+        llama_cpp_2::send_logs_to_tracing(
+            llama_cpp_2::LogOptions::default().with_logs_enabled(false),
+        );
+        LlamaBackend::init().map_err(|e| e.to_string())
+    })
+    .as_ref()
+    .map_err(|e| e.clone())
+}
+
+pub enum Tokenizer {
+    /// The model's own vocabulary.
+    Exact(Box<Vocab>),
+    /// `ceil(bytes / bytes_per_token)`: exact for synthetic profiles (that is how the
+    /// synthetic engine counts), an estimate for `.rkllm` models.
+    Bytes { bytes_per_token: usize, exact: bool },
+}
+
+pub struct Vocab {
+    model: LlamaModel,
+    bos_text: String,
+}
+
+/// What a GGUF file says about itself.
+pub struct GgufInfo {
+    pub chat_template: Option<String>,
+    pub bos: String,
+    pub eos: String,
+    pub context_len: usize,
+    pub architecture: Option<String>,
+    pub parameters: u64,
+}
+
+impl Tokenizer {
+    /// Loads the vocabulary of a GGUF file and reads its metadata.
+    pub fn gguf(path: &Path) -> Result<(Tokenizer, GgufInfo), String> {
+        let params = LlamaModelParams::default().with_vocab_only(true);
+        let model = LlamaModel::load_from_file(backend()?, path, &params)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let vocab = model.vocab();
+        let text = |t| {
+            vocab
+                .text(t)
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        let (bos, eos) = (text(vocab.bos()), text(vocab.eos()));
+        let architecture = model.meta_val_str("general.architecture").ok();
+        // A vocab-only load leaves the hyperparameters unread: take the context from metadata.
+        let context_len = architecture
+            .as_ref()
+            .and_then(|a| model.meta_val_str(&format!("{a}.context_length")).ok())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let info = GgufInfo {
+            chat_template: model
+                .chat_template(None)
+                .ok()
+                .and_then(|t| t.to_string().ok()),
+            bos: bos.clone(),
+            eos,
+            context_len,
+            architecture,
+            parameters: model.n_params(),
+        };
+        Ok((
+            Tokenizer::Exact(Box::new(Vocab {
+                model,
+                bos_text: bos,
+            })),
+            info,
+        ))
+    }
+
+    /// Tokens the runtime will prefill for `text` passed verbatim at the start of a sequence.
+    pub fn count(&self, text: &str) -> usize {
+        match self {
+            Tokenizer::Exact(v) => {
+                let vocab = v.model.vocab();
+                // The CPU runtime adds BOS unless the rendered text already starts with it.
+                let add_bos = vocab.should_add_bos() && !text.starts_with(&v.bos_text);
+                vocab.tokenize(text.as_bytes(), add_bos, true).len()
+            }
+            Tokenizer::Bytes {
+                bytes_per_token, ..
+            } => text.len().div_ceil((*bytes_per_token).max(1)).max(1),
+        }
+    }
+
+    pub fn is_exact(&self) -> bool {
+        match self {
+            Tokenizer::Exact(_) => true,
+            Tokenizer::Bytes { exact, .. } => *exact,
+        }
+    }
+}
