@@ -7,24 +7,13 @@ use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: Server,
     pub runtime: Runtime,
     pub models: Models,
     pub scheduler: Scheduler,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: Server::default(),
-            runtime: Runtime::default(),
-            models: Models::default(),
-            scheduler: Scheduler::default(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

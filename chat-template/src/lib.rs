@@ -12,6 +12,7 @@ mod strftime;
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 /// One turn of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,9 +87,13 @@ const TURN_MARKERS: &[&str] = &[
     "<用户>",
 ];
 
-/// A compiled chat template, ready to render conversations.
+/// A compiled chat template, ready to render conversations. Cloning is cheap: clones share
+/// the compiled template.
 #[derive(Debug, Clone)]
-pub struct ChatTemplate {
+pub struct ChatTemplate(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
     // Holds the compiled template, so rendering does not parse it again.
     env: Environment<'static>,
     source: String,
@@ -98,10 +103,12 @@ pub struct ChatTemplate {
 }
 
 impl ChatTemplate {
-    /// A Hugging Face Jinja chat template (as in `tokenizer_config.json` or GGUF
-    /// `tokenizer.chat_template`); `bos`/`eos` are the token texts passed to the template as
-    /// `bos_token`/`eos_token`. Fails if the template does not compile.
-    pub fn from_jinja(source: &str, bos: &str, eos: &str) -> Result<ChatTemplate, TemplateError> {
+    fn compile(
+        source: &str,
+        bos: &str,
+        eos: &str,
+        family: Option<&'static str>,
+    ) -> Result<ChatTemplate, TemplateError> {
         let mut env = Environment::new();
         // transformers renders with these on, and templates are written for it.
         env.set_trim_blocks(true);
@@ -112,13 +119,20 @@ impl ChatTemplate {
         env.add_function("strftime_now", strftime_now);
         env.add_template_owned(NAME, source.to_string())
             .map_err(|e| TemplateError::Syntax(e.to_string()))?;
-        Ok(ChatTemplate {
+        Ok(ChatTemplate(Arc::new(Inner {
             env,
             source: source.to_string(),
             bos: bos.to_string(),
             eos: eos.to_string(),
-            family: None,
-        })
+            family,
+        })))
+    }
+
+    /// A Hugging Face Jinja chat template (as in `tokenizer_config.json` or GGUF
+    /// `tokenizer.chat_template`); `bos`/`eos` are the token texts passed to the template as
+    /// `bos_token`/`eos_token`. Fails if the template does not compile.
+    pub fn from_jinja(source: &str, bos: &str, eos: &str) -> Result<ChatTemplate, TemplateError> {
+        ChatTemplate::compile(source, bos, eos, None)
     }
 
     /// A built-in template, so `.rkllm` files work without downloading anything. Families:
@@ -126,9 +140,8 @@ impl ChatTemplate {
     /// and `deepseek` (DeepSeek-R1-Distill / V2-style `<｜User｜>`/`<｜Assistant｜>`).
     pub fn builtin(family: &str) -> Option<ChatTemplate> {
         let b = builtin::BUILTINS.iter().find(|b| b.name == family)?;
-        let mut t = ChatTemplate::from_jinja(b.source, b.bos, b.eos)
+        let t = ChatTemplate::compile(b.source, b.bos, b.eos, Some(b.name))
             .expect("built-in chat templates compile");
-        t.family = Some(b.name);
         Some(t)
     }
 
@@ -184,13 +197,13 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         enable_thinking: bool,
     ) -> Result<String, TemplateError> {
-        let template = self.env.get_template(NAME).map_err(render_error)?;
+        let template = self.0.env.get_template(NAME).map_err(render_error)?;
         template
             .render(context! {
                 messages => messages,
                 add_generation_prompt => add_generation_prompt,
-                bos_token => &self.bos,
-                eos_token => &self.eos,
+                bos_token => &self.0.bos,
+                eos_token => &self.0.eos,
                 enable_thinking => enable_thinking,
             })
             .map_err(render_error)
@@ -201,11 +214,11 @@ impl ChatTemplate {
     /// template writes, e.g. `<|im_end|>` for ChatML or `<end_of_turn>` for Gemma.
     pub fn stop_strings(&self) -> Vec<String> {
         let mut stops: Vec<String> = Vec::new();
-        if !self.eos.is_empty() {
-            stops.push(self.eos.clone());
+        if !self.0.eos.is_empty() {
+            stops.push(self.0.eos.clone());
         }
         for marker in TURN_MARKERS {
-            if self.source.contains(marker) && !stops.iter().any(|s| s == marker) {
+            if self.0.source.contains(marker) && !stops.iter().any(|s| s == marker) {
                 stops.push(marker.to_string());
             }
         }
@@ -213,21 +226,21 @@ impl ChatTemplate {
     }
 
     pub fn source(&self) -> &str {
-        &self.source
+        &self.0.source
     }
 
     /// The built-in family name; `None` for a template from [`ChatTemplate::from_jinja`].
     pub fn family(&self) -> Option<&str> {
-        self.family
+        self.0.family
     }
 
     /// The text passed to the template as `bos_token`.
     pub fn bos_token(&self) -> &str {
-        &self.bos
+        &self.0.bos
     }
 
     /// The text passed to the template as `eos_token`.
     pub fn eos_token(&self) -> &str {
-        &self.eos
+        &self.0.eos
     }
 }
