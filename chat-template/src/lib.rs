@@ -163,6 +163,15 @@ impl ChatTemplate {
         // ("DeepSeek-R1-Distill-Qwen", "DeepSeek-R1-Distill-Llama") but use DeepSeek's format.
         if has(&["deepseek"]) {
             Some("deepseek")
+        } else if has(&[
+            "minicpm3",
+            "minicpm-3",
+            "minicpm4",
+            "minicpm-4",
+            "minicpm-v",
+        ]) {
+            // MiniCPM 3 and 4 moved to ChatML; only the first generations use <用户>/<AI>.
+            Some("chatml")
         } else if has(&["minicpm"]) {
             Some("minicpm")
         } else if has(&["llama-3", "llama3"]) {

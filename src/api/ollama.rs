@@ -340,7 +340,7 @@ pub async fn chat(state: web::Data<AppState>, payload: web::Payload) -> HttpResp
                 let prompt = served
                     .template
                     .render(&msgs, true)
-                    .map_err(|e| ApiError::bad_request(format!("chat template: {e}")))?;
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
                 gen_request(prompt, options.as_ref(), &format)
             },
             req.stream.unwrap_or(true),
@@ -392,7 +392,7 @@ pub async fn generate(state: web::Data<AppState>, payload: web::Payload) -> Http
                     served
                         .template
                         .render(&msgs, true)
-                        .map_err(|e| ApiError::bad_request(format!("chat template: {e}")))?
+                        .map_err(|e| ApiError::bad_request(e.to_string()))?
                 };
                 gen_request(text, options.as_ref(), &format)
             },
@@ -411,16 +411,7 @@ fn details(s: &crate::catalog::Served) -> Value {
         crate::registry::ModelKind::Rkllm => "rkllm",
         crate::registry::ModelKind::Synthetic => "synthetic",
     };
-    let quant = s
-        .entry
-        .file_name
-        .rsplit(['.', '-', '_'])
-        .nth(1)
-        .filter(|q| {
-            q.to_ascii_lowercase().starts_with('q') || q.to_ascii_lowercase().starts_with('w')
-        })
-        .unwrap_or("")
-        .to_string();
+    let quant = quantization(&s.entry.file_name);
     json!({
         "parent_model": "",
         "format": format,
@@ -429,6 +420,38 @@ fn details(s: &crate::catalog::Served) -> Value {
         "parameter_size": s.parameters.map(|p| format!("{:.0}M", p as f64 / 1e6)).unwrap_or_default(),
         "quantization_level": quant,
     })
+}
+
+/// The quantisation named in a file name: `Q4_1` in `SmolLM2-135M-Instruct.Q4_1.gguf`,
+/// `w8a8` in `Qwen3-0.6B-w8a8-opt0-...rkllm`.
+fn quantization(file_name: &str) -> String {
+    let stem = file_name.rsplit_once('.').map_or(file_name, |(s, _)| s);
+    let lower = stem.to_ascii_lowercase();
+    let gguf_quant = |p: &str| {
+        let p = p.to_ascii_lowercase();
+        ["q", "iq", "f16", "f32", "bf16"]
+            .iter()
+            .any(|k| p.starts_with(k))
+            && p.chars().any(|c| c.is_ascii_digit())
+    };
+    if let Some((_, q)) = stem.rsplit_once('.') {
+        if gguf_quant(q) {
+            return q.to_string();
+        }
+    }
+    lower
+        .split(['-', '_', '.'])
+        .find(|seg| {
+            let b = seg.as_bytes();
+            b.first() == Some(&b'w')
+                && seg[1..].split_once('a').is_some_and(|(w, a)| {
+                    !w.is_empty()
+                        && !a.is_empty()
+                        && w.bytes().chain(a.bytes()).all(|c| c.is_ascii_digit())
+                })
+        })
+        .unwrap_or("")
+        .to_string()
 }
 
 fn digest(e: &crate::registry::ModelEntry) -> String {
@@ -538,4 +561,21 @@ pub async fn ps(state: web::Data<AppState>) -> HttpResponse {
 
 pub async fn version() -> HttpResponse {
     HttpResponse::Ok().json(json!({"version": env!("CARGO_PKG_VERSION")}))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn quantization_from_file_names() {
+        assert_eq!(
+            super::quantization("SmolLM2-135M-Instruct.Q4_1.gguf"),
+            "Q4_1"
+        );
+        assert_eq!(super::quantization("model.Q4_K_M.gguf"), "Q4_K_M");
+        assert_eq!(
+            super::quantization("Qwen_Qwen3-0.6B-w8a8-opt0-hybrid0-npu3-ctx16384-rk3588.rkllm"),
+            "w8a8"
+        );
+        assert_eq!(super::quantization("zero-delay.toml"), "");
+    }
 }

@@ -247,7 +247,7 @@ pub async fn chat(state: web::Data<AppState>, payload: web::Payload) -> HttpResp
         let prompt = served
             .template
             .render(&msgs, true)
-            .map_err(|e| ApiError::bad_param("messages", format!("chat template: {e}")))?;
+            .map_err(|e| ApiError::bad_param("messages", e.to_string()))?;
         let g = gen_request(&req.common, prompt)?;
         respond(&state, served, g, &req.common, Kind::Chat).await
     }
