@@ -21,6 +21,8 @@ pub struct ApiError {
     /// The request field at fault, if any.
     pub param: Option<String>,
     pub retry_after: Option<Duration>,
+    /// OpenAI's machine-readable code, when there is a specific one.
+    pub code: Option<&'static str>,
 }
 
 impl ApiError {
@@ -30,6 +32,7 @@ impl ApiError {
             message: message.into(),
             param: None,
             retry_after: None,
+            code: None,
         }
     }
 
@@ -57,9 +60,11 @@ impl ApiError {
     }
 
     fn openai_code(&self) -> Option<&'static str> {
+        if self.code.is_some() {
+            return self.code;
+        }
         match self.status.as_u16() {
             401 => Some("invalid_api_key"),
-            404 => Some("model_not_found"),
             413 => Some("request_too_large"),
             429 => Some("rate_limit_exceeded"),
             _ => None,
@@ -94,7 +99,10 @@ impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         let message = e.to_string();
         match e {
-            SubmitError::UnknownModel(_) => ApiError::new(StatusCode::NOT_FOUND, message),
+            SubmitError::UnknownModel(_) => ApiError {
+                code: Some("model_not_found"),
+                ..ApiError::new(StatusCode::NOT_FOUND, message)
+            },
             SubmitError::PromptTooLong { .. } => ApiError::bad_param("messages", message),
             SubmitError::Overloaded { retry_after, .. } => ApiError {
                 retry_after: Some(retry_after),
@@ -113,6 +121,7 @@ impl From<CatalogError> for ApiError {
         match e {
             CatalogError::NotFound(_) => ApiError {
                 param: Some("model".into()),
+                code: Some("model_not_found"),
                 ..ApiError::new(StatusCode::NOT_FOUND, message)
             },
             CatalogError::Invalid { .. } => {

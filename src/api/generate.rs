@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 pub struct GenRequest {
     /// Rendered prompt, passed to the runtime verbatim.
     pub prompt: String,
+    /// The request field the prompt came from, named when it is too long.
+    pub prompt_param: &'static str,
     pub sampling: Sampling,
     pub max_tokens: Option<u32>,
     pub stop: Vec<String>,
@@ -70,7 +72,7 @@ pub async fn start(
     let ctx = served.context_len;
     if prompt_tokens + 1 > ctx {
         return Err(ApiError::bad_param(
-            "messages",
+            g.prompt_param,
             format!(
                 "the prompt has {prompt_tokens} tokens but model '{}' has a context of {ctx} tokens",
                 served.entry.name

@@ -23,23 +23,52 @@ pub struct AppState {
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/health", web::get().to(health))
-        .route("/ready", web::get().to(ready))
-        .route("/openapi.json", web::get().to(openapi))
-        .route("/v1/chat/completions", web::post().to(openai::chat))
-        .route("/v1/completions", web::post().to(openai::completions))
-        .route("/v1/models", web::get().to(openai::list_models))
-        .route("/v1/models/loaded", web::get().to(manage::loaded))
-        .route("/v1/models/{id}/load", web::post().to(manage::load))
-        .route("/v1/models/{id}/unload", web::post().to(manage::unload))
-        .route("/v1/models/{id}", web::get().to(openai::get_model))
-        .route("/api/chat", web::post().to(ollama::chat))
-        .route("/api/generate", web::post().to(ollama::generate))
-        .route("/api/tags", web::get().to(ollama::tags))
-        .route("/api/show", web::post().to(ollama::show))
-        .route("/api/ps", web::get().to(ollama::ps))
-        .route("/api/version", web::get().to(ollama::version))
+    // A known path with the wrong method is a 405, not a 404.
+    fn resource(path: &'static str, r: actix_web::Route) -> actix_web::Resource {
+        web::resource(path)
+            .route(r)
+            .default_service(web::to(wrong_method))
+    }
+    cfg.service(resource("/health", web::get().to(health)))
+        .service(resource("/ready", web::get().to(ready)))
+        .service(resource("/openapi.json", web::get().to(openapi)))
+        .service(resource(
+            "/v1/chat/completions",
+            web::post().to(openai::chat),
+        ))
+        .service(resource(
+            "/v1/completions",
+            web::post().to(openai::completions),
+        ))
+        .service(resource("/v1/models", web::get().to(openai::list_models)))
+        .service(resource("/v1/models/loaded", web::get().to(manage::loaded)))
+        .service(resource(
+            "/v1/models/{id}/load",
+            web::post().to(manage::load),
+        ))
+        .service(resource(
+            "/v1/models/{id}/unload",
+            web::post().to(manage::unload),
+        ))
+        .service(resource(
+            "/v1/models/{id}",
+            web::get().to(openai::get_model),
+        ))
+        .service(resource("/api/chat", web::post().to(ollama::chat)))
+        .service(resource("/api/generate", web::post().to(ollama::generate)))
+        .service(resource("/api/tags", web::get().to(ollama::tags)))
+        .service(resource("/api/show", web::post().to(ollama::show)))
+        .service(resource("/api/ps", web::get().to(ollama::ps)))
+        .service(resource("/api/version", web::get().to(ollama::version)))
         .default_service(web::to(not_found));
+}
+
+async fn wrong_method(req: actix_web::HttpRequest) -> HttpResponse {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} is not allowed on {}", req.method(), req.path()),
+    )
+    .response(api_of(req.path()))
 }
 
 fn api_of(path: &str) -> Api {
@@ -178,7 +207,11 @@ mod tests {
         }
         assert!(checked >= 16);
         // And an undocumented path is not routed, so the check above can fail.
-        let resp = test::call_service(&app, test::TestRequest::get().uri("/v2/nothing").to_request()).await;
+        let resp = test::call_service(
+            &app,
+            test::TestRequest::get().uri("/v2/nothing").to_request(),
+        )
+        .await;
         assert!(String::from_utf8_lossy(&test::read_body(resp).await).contains("no route for"));
     }
 }

@@ -104,6 +104,7 @@ fn nanos(d: Duration) -> u64 {
 
 fn gen_request(
     prompt: String,
+    prompt_param: &'static str,
     o: Option<&Options>,
     format: &Option<Value>,
 ) -> Result<GenRequest, ApiError> {
@@ -116,6 +117,7 @@ fn gen_request(
     let o = o.unwrap_or(&d);
     Ok(GenRequest {
         prompt,
+        prompt_param,
         sampling: generate::sampling(
             o.temperature,
             o.top_p,
@@ -341,7 +343,7 @@ pub async fn chat(state: web::Data<AppState>, payload: web::Payload) -> HttpResp
                     .template
                     .render(&msgs, true)
                     .map_err(|e| ApiError::bad_request(e.to_string()))?;
-                gen_request(prompt, options.as_ref(), &format)
+                gen_request(prompt, "messages", options.as_ref(), &format)
             },
             req.stream.unwrap_or(true),
             unload,
@@ -394,7 +396,7 @@ pub async fn generate(state: web::Data<AppState>, payload: web::Payload) -> Http
                         .render(&msgs, true)
                         .map_err(|e| ApiError::bad_request(e.to_string()))?
                 };
-                gen_request(text, options.as_ref(), &format)
+                gen_request(text, "prompt", options.as_ref(), &format)
             },
             req.stream.unwrap_or(true),
             unload,

@@ -56,11 +56,16 @@ pub struct StreamOptions {
     include_usage: bool,
 }
 
-/// Fields shared by chat and text completions. Unknown fields are ignored, as OpenAI
-/// clients send extensions (`ignore_eos`, `continuous_usage_stats`, ...) freely.
+/// Chat and text completion requests in one struct (`messages` for one, `prompt` for the
+/// other): `#[serde(flatten)]` would lose the path of a bad field. Unknown fields are
+/// ignored, as OpenAI clients send extensions (`ignore_eos`, ...) freely.
 #[derive(Debug, Deserialize)]
 pub struct Common {
     model: String,
+    #[serde(default)]
+    messages: Option<Vec<Message>>,
+    #[serde(default)]
+    prompt: Option<OneOrMany>,
     #[serde(default)]
     max_tokens: Option<u32>,
     #[serde(default)]
@@ -106,20 +111,6 @@ pub struct Common {
     best_of: Option<u32>,
     #[serde(default)]
     suffix: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct ChatRequest {
-    messages: Vec<Message>,
-    #[serde(flatten)]
-    common: Common,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct CompletionRequest {
-    prompt: OneOrMany,
-    #[serde(flatten)]
-    common: Common,
 }
 
 fn refuse_unsupported(c: &Common) -> Result<(), ApiError> {
@@ -171,10 +162,21 @@ fn refuse_unsupported(c: &Common) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn gen_request(c: &Common, prompt: String) -> Result<GenRequest, ApiError> {
+fn gen_request(
+    c: &Common,
+    prompt: String,
+    prompt_param: &'static str,
+) -> Result<GenRequest, ApiError> {
     refuse_unsupported(c)?;
+    if c.max_completion_tokens.or(c.max_tokens) == Some(0) {
+        return Err(ApiError::bad_param(
+            "max_tokens",
+            "max_tokens must be at least 1",
+        ));
+    }
     Ok(GenRequest {
         prompt,
+        prompt_param,
         sampling: generate::sampling(
             c.temperature,
             c.top_p,
@@ -241,15 +243,19 @@ fn messages(msgs: Vec<Message>) -> Result<Vec<ChatMessage>, ApiError> {
 pub async fn chat(state: web::Data<AppState>, payload: web::Payload) -> HttpResponse {
     let limit = state.catalog.config().server.max_body_bytes;
     let result = async {
-        let req: ChatRequest = body::json(payload, limit).await?;
-        let served = state.catalog.resolve(&req.common.model)?;
-        let msgs = messages(req.messages)?;
+        let mut req: Common = body::json(payload, limit).await?;
+        let msgs = req
+            .messages
+            .take()
+            .ok_or_else(|| ApiError::bad_param("messages", "missing field 'messages'"))?;
+        let served = state.catalog.resolve(&req.model)?;
+        let msgs = messages(msgs)?;
         let prompt = served
             .template
             .render(&msgs, true)
             .map_err(|e| ApiError::bad_param("messages", e.to_string()))?;
-        let g = gen_request(&req.common, prompt)?;
-        respond(&state, served, g, &req.common, Kind::Chat).await
+        let g = gen_request(&req, prompt, "messages")?;
+        respond(&state, served, g, &req, Kind::Chat).await
     }
     .await;
     result.unwrap_or_else(|e| e.response(Api::OpenAi))
@@ -258,17 +264,25 @@ pub async fn chat(state: web::Data<AppState>, payload: web::Payload) -> HttpResp
 pub async fn completions(state: web::Data<AppState>, payload: web::Payload) -> HttpResponse {
     let limit = state.catalog.config().server.max_body_bytes;
     let result = async {
-        let req: CompletionRequest = body::json(payload, limit).await?;
-        let prompts = req.prompt.into_vec();
+        let mut req: Common = body::json(payload, limit).await?;
+        let prompts = req
+            .prompt
+            .take()
+            .ok_or_else(|| ApiError::bad_param("prompt", "missing field 'prompt'"))?
+            .into_vec();
         if prompts.len() != 1 {
             return Err(ApiError::bad_param(
                 "prompt",
                 "send exactly one prompt per request",
             ));
         }
-        let served = state.catalog.resolve(&req.common.model)?;
-        let g = gen_request(&req.common, prompts.into_iter().next().unwrap_or_default())?;
-        respond(&state, served, g, &req.common, Kind::Text).await
+        let served = state.catalog.resolve(&req.model)?;
+        let g = gen_request(
+            &req,
+            prompts.into_iter().next().unwrap_or_default(),
+            "prompt",
+        )?;
+        respond(&state, served, g, &req, Kind::Text).await
     }
     .await;
     result.unwrap_or_else(|e| e.response(Api::OpenAi))
@@ -507,6 +521,7 @@ pub async fn get_model(state: web::Data<AppState>, id: web::Path<String>) -> Htt
         Some(e) => HttpResponse::Ok().json(model_object(e)),
         None => ApiError {
             param: Some("model".into()),
+            code: Some("model_not_found"),
             ..ApiError::new(
                 actix_web::http::StatusCode::NOT_FOUND,
                 format!("model '{id}' not found"),

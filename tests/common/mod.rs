@@ -1,0 +1,306 @@
+//! Shared by the `server_*` integration tests: start the real `rkserve` binary on a free port
+//! with its own configuration and models directory, and read its answers over HTTP.
+
+// Each test binary compiles this module and uses a different part of it.
+#![allow(dead_code)]
+
+use futures_util::StreamExt;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
+
+/// The workspace's models directory: the default GGUF model and `synthetic/*.toml`.
+pub fn workspace_models() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
+}
+
+/// A temporary models directory holding synthetic profiles, each `(stem, toml)`; a profile
+/// `x.toml` is served as model `x`.
+pub fn synthetic_models(profiles: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (stem, text) in profiles {
+        std::fs::write(dir.path().join(format!("{stem}.toml")), text).expect("write profile");
+    }
+    dir
+}
+
+/// A configuration that preloads `preload` and never fetches the default model (tests must not
+/// reach the network), followed by `extra` TOML, which must not repeat `[models]`.
+pub fn config(preload: &[&str], extra: &str) -> String {
+    let list: Vec<String> = preload.iter().map(|m| format!("{m:?}")).collect();
+    format!(
+        "[models]\npreload = [{}]\nfetch_default_model = false\n\n{extra}",
+        list.join(", ")
+    )
+}
+
+pub struct Server {
+    child: Child,
+    pub port: u16,
+    /// Holds the configuration file and the server's log.
+    dir: tempfile::TempDir,
+    /// A models directory made for this server; removed only after the server is stopped.
+    models: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// Starts rkserve on a models directory of its own holding `profiles` (see
+    /// [`synthetic_models`]).
+    pub async fn start_synthetic(profiles: &[(&str, &str)], config: &str, args: &[&str]) -> Server {
+        let models = synthetic_models(profiles);
+        let mut server = Server::start(models.path(), config, args).await;
+        server.models = Some(models);
+        server
+    }
+
+    /// Starts rkserve and waits until `/ready` answers 200. `args` are extra flags.
+    pub async fn start(models_dir: &Path, config: &str, args: &[&str]) -> Server {
+        let exe = Path::new(env!("CARGO_BIN_EXE_rkserve"));
+        let runtime = exe.with_file_name("librkllmrt.so");
+        let runtime_in_deps = exe.with_file_name("deps").join("librkllmrt.so");
+        assert!(
+            runtime.is_file() || runtime_in_deps.is_file(),
+            "{} is missing: run `cargo build --release` before these tests",
+            runtime.display()
+        );
+        let mut dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("rkserve.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        // Another process may take the port between our probe and the server's bind; a
+        // server that fails that way is simply started again on another port.
+        for _attempt in 0..3 {
+            let port = free_port();
+            let log_path = dir.path().join(format!("rkserve-{port}.log"));
+            let log = std::fs::File::create(&log_path).expect("log file");
+            let mut cmd = Command::new(exe);
+            // The developer's own RKSERVE_* settings must not leak into a test.
+            for (k, _) in std::env::vars_os() {
+                if k.to_string_lossy().starts_with("RKSERVE_") {
+                    cmd.env_remove(k);
+                }
+            }
+            cmd.env("RKSERVE_LOG", "info")
+                .arg("--config")
+                .arg(&config_path)
+                .arg("--port")
+                .arg(port.to_string())
+                .arg("--models-dir")
+                .arg(models_dir)
+                .args(args)
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log);
+            let child = cmd.spawn().expect("spawn rkserve");
+            let mut server = Server {
+                child,
+                port,
+                dir,
+                models: None,
+            };
+            match server.wait_ready(&log_path).await {
+                Ok(()) => return server,
+                Err(log) if log.contains("Address already in use") => {
+                    dir = server.into_dir();
+                    continue;
+                }
+                Err(log) => panic!("rkserve did not become ready; its log:\n{log}"),
+            }
+        }
+        panic!("rkserve could not bind a free port in three attempts");
+    }
+
+    async fn wait_ready(&mut self, log_path: &Path) -> Result<(), String> {
+        let read_log = || std::fs::read_to_string(log_path).unwrap_or_default();
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Err(format!("(exited with {status})\n{}", read_log()));
+            }
+            if let Ok(r) = client.get(self.url("/ready")).send().await {
+                if r.status() == 200 {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(format!("(not ready after 120 s)\n{}", read_log()))
+    }
+
+    /// Stops the server and hands back its directory, for another attempt.
+    fn into_dir(mut self) -> tempfile::TempDir {
+        self.stop();
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// What the server logged so far, for failure messages.
+    pub fn log(&self) -> String {
+        let mut out = String::new();
+        if let Ok(rd) = std::fs::read_dir(self.dir.path()) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().ends_with(".log") {
+                    out.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+                }
+            }
+        }
+        out
+    }
+
+    /// `GET /v1/models/loaded`'s entry for `model`.
+    pub async fn loaded(&self, model: &str) -> Value {
+        let v: Value = reqwest::get(self.url("/v1/models/loaded"))
+            .await
+            .expect("GET /v1/models/loaded")
+            .json()
+            .await
+            .expect("JSON");
+        v["data"]
+            .as_array()
+            .and_then(|d| d.iter().find(|m| m["id"] == model))
+            .cloned()
+            .unwrap_or_else(|| panic!("{model} is not in /v1/models/loaded: {v}"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// A response read to its end: status, headers, and the body as JSON (`Value::Null` if the
+/// body is not JSON; `text` keeps it either way).
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+    pub json: Value,
+}
+
+impl Reply {
+    pub async fn read(r: reqwest::Response) -> Reply {
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text().await.expect("read body");
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            text,
+            json,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, self.text)
+    }
+}
+
+pub async fn post_json(url: &str, body: &Value) -> Reply {
+    let r = reqwest::Client::new()
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    Reply::read(r).await
+}
+
+/// Posts raw bytes as JSON, for bodies that are deliberately not valid requests.
+pub async fn post_raw(url: &str, body: impl Into<reqwest::Body>) -> Reply {
+    let r = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    Reply::read(r).await
+}
+
+/// The `data:` payloads of a server-sent event stream read to its end, `[DONE]` excluded; a
+/// stream that does not end with `[DONE]` fails the test.
+pub async fn sse_events(r: reqwest::Response) -> Vec<Value> {
+    let mut lines = SseLines::new(r);
+    let mut events = Vec::new();
+    while let Some(data) = lines.next_data().await {
+        if data == "[DONE]" {
+            assert!(
+                lines.next_data().await.is_none(),
+                "nothing may follow [DONE]"
+            );
+            return events;
+        }
+        events.push(serde_json::from_str(&data).unwrap_or_else(|e| panic!("{e}: {data}")));
+    }
+    panic!("the stream ended without [DONE]; got {events:?}");
+}
+
+/// Reads `data:` lines off an event stream as they arrive, so that a test can stop reading
+/// (and drop the connection) part-way.
+pub struct SseLines {
+    body: futures_util::stream::BoxStream<'static, reqwest::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+}
+
+impl SseLines {
+    pub fn new(r: reqwest::Response) -> SseLines {
+        SseLines {
+            body: r.bytes_stream().map(|c| c.map(|b| b.to_vec())).boxed(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next `data:` payload; `None` at the end of the stream. Comments and blank lines
+    /// (keep-alives, event separators) are skipped.
+    pub async fn next_data(&mut self) -> Option<String> {
+        loop {
+            if let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=nl).collect();
+                let line = String::from_utf8(line).expect("SSE lines are UTF-8");
+                if let Some(data) = line.trim_end().strip_prefix("data:") {
+                    return Some(data.trim_start().to_string());
+                }
+                continue;
+            }
+            match self.body.next().await {
+                Some(chunk) => self.buf.extend(chunk.expect("read the event stream")),
+                None => {
+                    assert!(
+                        self.buf.iter().all(u8::is_ascii_whitespace),
+                        "the stream ended mid-line: {:?}",
+                        String::from_utf8_lossy(&self.buf)
+                    );
+                    return None;
+                }
+            }
+        }
+    }
+}
