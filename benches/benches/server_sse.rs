@@ -58,11 +58,15 @@ fn start(model: &str, profile: &str) -> Server {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
+    // Owned at once, so that Drop kills it on every path, the panic below included.
+    let server = Server {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if ready(&url) {
-            return Server { child, url };
+        if ready(&server.url) {
+            return server;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
