@@ -46,6 +46,8 @@ pub struct Catalog {
     entries: RwLock<Vec<ModelEntry>>,
     prepared: Mutex<HashMap<String, Arc<Served>>>,
     loaded_at: Mutex<HashMap<String, (std::time::SystemTime, Duration)>>,
+    /// Ollama keep_alive: models to unload once idle past this time. Absent: stay loaded.
+    expiry: Mutex<HashMap<String, std::time::SystemTime>>,
     pub scheduler: Scheduler,
 }
 
@@ -120,7 +122,8 @@ impl Catalog {
             entries: RwLock::new(entries),
             prepared: Mutex::new(HashMap::new()),
             loaded_at: Mutex::new(HashMap::new()),
-            scheduler: Scheduler::new(vec![]),
+            expiry: Mutex::new(HashMap::new()),
+            scheduler: Scheduler::with_stats_window(vec![], cfg.server.stats_window),
             cfg,
         };
         for name in catalog.cfg.models.preload.clone() {
@@ -299,7 +302,44 @@ impl Catalog {
 
     pub fn unload(&self, name: &str) -> bool {
         self.loaded_at.lock().remove(name);
+        self.expiry.lock().remove(name);
         self.scheduler.remove_model(name)
+    }
+
+    /// Ollama's keep_alive after a request: keep the model `Some(d)` longer, or forever.
+    pub fn keep_alive(&self, name: &str, keep: Option<Duration>) {
+        let mut e = self.expiry.lock();
+        match keep {
+            Some(d) => e.insert(name.to_string(), std::time::SystemTime::now() + d),
+            None => e.remove(name),
+        };
+    }
+
+    /// When the model will be unloaded, if a keep_alive set it.
+    pub fn expires_at(&self, name: &str) -> Option<std::time::SystemTime> {
+        self.expiry.lock().get(name).copied()
+    }
+
+    /// Unloads models whose keep_alive has passed and that have nothing running or waiting.
+    pub fn reap_expired(&self) -> Vec<String> {
+        let now = std::time::SystemTime::now();
+        let due: Vec<String> = self
+            .expiry
+            .lock()
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let snapshot = self.scheduler.snapshot();
+        due.into_iter()
+            .filter(|name| {
+                snapshot
+                    .iter()
+                    .find(|m| &m.name == name)
+                    .is_none_or(|m| m.waiting == 0 && m.busy_slots() == 0)
+            })
+            .filter(|name| self.unload(name))
+            .collect()
     }
 
     /// When the model was loaded and how long loading took.

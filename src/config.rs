@@ -24,6 +24,9 @@ pub struct Server {
     pub api_keys: Vec<String>,
     pub open_health: bool,
     pub max_body_bytes: usize,
+    /// The sliding window of GET /v1/stats.
+    #[serde(deserialize_with = "duration::de")]
+    pub stats_window: Duration,
 }
 
 impl Default for Server {
@@ -34,6 +37,7 @@ impl Default for Server {
             api_keys: vec![],
             open_health: true,
             max_body_bytes: 4 << 20,
+            stats_window: Duration::from_secs(60),
         }
     }
 }

@@ -2,10 +2,12 @@
 //!
 //! Data flow: [`api`] (HTTP, one module per API) → [`catalog`] (which model, its template
 //! and tokenizer; [`registry`] finds the files) → the `scheduler` crate (queue, batches,
-//! runtime threads) → per-request streams back out as SSE or NDJSON.
+//! runtime threads) → per-request streams back out as SSE or NDJSON. The scheduler measures;
+//! [`exporter`] serves its metrics to Prometheus.
 
 pub mod api;
 pub mod catalog;
 pub mod config;
+pub mod exporter;
 pub mod registry;
 pub mod tokenizer;

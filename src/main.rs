@@ -16,6 +16,14 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Before anything records: the scheduler's telemetry goes to this exporter.
+    let exporter = match rkserve::exporter::Exporter::install() {
+        Ok(e) => Some(e),
+        Err(e) => {
+            tracing::error!("metrics exporter: {e}; /metrics will answer 503");
+            None
+        }
+    };
     let cli = Cli::parse();
     let cfg = match Config::load(&cli) {
         Ok(c) => c,
@@ -45,8 +53,29 @@ fn main() -> ExitCode {
             ),
         }
     }
-    let state = web::Data::new(AppState { catalog });
+    let state = web::Data::new(AppState { catalog, exporter });
+    let housekeeping = state.clone();
     let run = async move {
+        // Once a second: unload models idle past their Ollama keep_alive, and fold the
+        // histogram samples recorded since into their buckets.
+        actix_web::rt::spawn(async move {
+            let mut tick = actix_web::rt::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let st = housekeeping.clone();
+                let unloaded = web::block(move || {
+                    if let Some(e) = &st.exporter {
+                        e.upkeep();
+                    }
+                    st.catalog.reap_expired()
+                })
+                .await
+                .unwrap_or_default();
+                for name in unloaded {
+                    tracing::info!("model {name}: keep_alive expired, unloaded");
+                }
+            }
+        });
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())

@@ -102,6 +102,74 @@ fn overhead(step_ms: f64, clients: usize, per_client: usize) {
     );
 }
 
+/// As the server consumes events: async tasks on a 2-worker tokio runtime (actix's default
+/// on this machine), not one parked OS thread per request.
+fn overhead_async(step_ms: f64, clients: usize, per_client: usize) {
+    let profile = std::env::temp_dir().join(format!(
+        "rkserve-bench-async-{}-{step_ms}.toml",
+        std::process::id()
+    ));
+    std::fs::write(&profile, format!("[timing]\ndecode_step_ms = {step_ms}\n")).unwrap();
+    let mut m = ModelConfig::new("zero", profile, lib());
+    m.n_batch = 8;
+    m.batch_window = Duration::ZERO;
+    m.max_queue = 10_000;
+    m.cpus = Some(vec![]);
+    let s = std::sync::Arc::new(Scheduler::new(vec![m]));
+    assert!(s.wait_loaded(Duration::from_secs(30)));
+    let tokens = if step_ms > 0.0 { 64u32 } else { 256 };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let results: Vec<(u64, Histogram<u64>)> = rt.block_on(async {
+        let tasks: Vec<_> = (0..clients)
+            .map(|c| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let mut lat = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+                    let mut events = 0u64;
+                    for r in 0..per_client {
+                        let mut st = s
+                            .submit(request("zero", format!("client {c} request {r}"), tokens))
+                            .expect("submit");
+                        while let Some(e) = st.next().await {
+                            match e {
+                                Event::Text { at, .. } => {
+                                    events += 1;
+                                    lat.saturating_record((at.elapsed().as_nanos() as u64).max(1));
+                                }
+                                Event::End { .. } => break,
+                            }
+                        }
+                    }
+                    (events, lat)
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
+    let secs = started.elapsed().as_secs_f64();
+    let events: u64 = results.iter().map(|r| r.0).sum();
+    let mut lat = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    for (_, h) in &results {
+        lat.add(h).unwrap();
+    }
+    println!(
+        "| {step_ms} ms | {clients} async tasks | {events} | {secs:.2} | {:.0} | {:.1} µs | {:.1} µs | {:.1} µs |",
+        events as f64 / secs,
+        lat.value_at_quantile(0.5) as f64 / 1000.0,
+        lat.value_at_quantile(0.99) as f64 / 1000.0,
+        lat.max() as f64 / 1000.0
+    );
+}
+
 fn default_model() {
     let path = workspace().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if !path.is_file() {
@@ -197,6 +265,8 @@ fn main() {
     overhead(0.0, 8, 64);
     overhead(0.0, 64, 8);
     overhead(1.0, 8, 8);
+    overhead_async(0.0, 64, 8);
+    overhead_async(1.0, 8, 8);
     if std::env::var_os("SKIP_MODEL").is_none() {
         default_model();
     }

@@ -4,6 +4,7 @@
 
 use crate::request::{Event, FinishReason, Timings};
 use crate::stop::StopMatcher;
+use crate::telemetry::{FailKind, ModelTelemetry, Outcome, RequestRecord, RunRecord};
 use rkllm::{Flow, Step, StepState};
 use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
@@ -28,13 +29,21 @@ struct Slot {
     generated: u32,
     first_at: Option<Instant>,
     last_at: Option<Instant>,
+    /// Gaps between tokens in µs, kept only when telemetry is on (allocated up front).
+    itl_us: Vec<u32>,
     open: bool,
+    /// What an error ending counts as.
+    kind: FailKind,
 }
 
 pub struct Demux {
     slots: Vec<Slot>,
     started: Instant,
     context_len: usize,
+    tel: Option<ModelTelemetry>,
+    steps: u64,
+    slot_steps: u64,
+    memory_mb: Option<f32>,
 }
 
 impl Demux {
@@ -51,12 +60,43 @@ impl Demux {
                     generated: 0,
                     first_at: None,
                     last_at: None,
+                    itl_us: Vec::new(),
                     open: true,
+                    kind: FailKind::RuntimeError,
                 })
                 .collect(),
             started,
             context_len,
+            tel: None,
+            steps: 0,
+            slot_steps: 0,
+            memory_mb: None,
         }
+    }
+
+    /// Records every request's latencies and the run's figures through `tel`.
+    pub fn with_telemetry(mut self, tel: ModelTelemetry) -> Demux {
+        for s in &mut self.slots {
+            // Room for every gap up front: the callback should not have to allocate.
+            s.itl_us = Vec::with_capacity(s.max_tokens.min(4096) as usize);
+        }
+        self.tel = Some(tel);
+        self
+    }
+
+    /// The run's figures, once it is over.
+    pub fn run_record(&self, busy: std::time::Duration) -> Option<RunRecord> {
+        let tel = self.tel.as_ref()?;
+        Some(RunRecord {
+            model: tel.model.clone(),
+            slots: self.slots.len(),
+            busy,
+            steps: self.steps,
+            slot_steps: self.slot_steps,
+            memory_bytes: self
+                .memory_mb
+                .map(|mb| (mb as f64 * 1024.0 * 1024.0) as u64),
+        })
     }
 
     /// Requests still receiving output.
@@ -67,24 +107,41 @@ impl Demux {
     /// Handles one step. Returns [`Flow::Pause`] once no slot needs more output, so the run
     /// stops and the instance takes new work at once.
     pub fn step(&mut self, step: &Step<'_>, now: Instant) -> Flow {
+        // Runtimes report memory in some steps only (the last, on ours).
+        if let Some(mb) = step
+            .slots()
+            .map(|r| r.perf.memory_usage_mb)
+            .find(|&m| m > 0.0)
+        {
+            self.memory_mb = Some(mb);
+        }
         match step.state() {
             StepState::Finish => self.end_all(|s, ctx| s.natural_end(ctx), now),
             StepState::Error => self.fail_all("the runtime reported an error during the run"),
             StepState::Normal | StepState::Waiting => {
-                let ctx = self.context_len;
+                let (ctx, tel) = (self.context_len, self.tel.as_ref());
+                self.steps += 1;
                 for (i, slot) in self.slots.iter_mut().enumerate().take(step.len()) {
                     if !slot.open {
                         continue;
                     }
+                    self.slot_steps += 1;
                     if slot.tx.is_closed() {
                         // The client is gone: discard this slot's output from now on.
                         slot.open = false;
+                        slot.record(tel, Outcome::Failed(FailKind::Cancelled), now, self.started);
                         continue;
                     }
                     let r = step.slot(i);
                     // The token that completes a stop sequence was generated: it counts.
                     if r.token_id >= 0 {
                         slot.generated += 1;
+                        if let Some(last) = slot.last_at {
+                            if slot.itl_us.len() < slot.itl_us.capacity() {
+                                let gap = now.saturating_duration_since(last).as_micros();
+                                slot.itl_us.push(gap.min(u32::MAX as u128) as u32);
+                            }
+                        }
                         slot.first_at.get_or_insert(now);
                         slot.last_at = Some(now);
                     }
@@ -92,17 +149,17 @@ impl Demux {
                         let released = slot.stop.push(&String::from_utf8_lossy(bytes));
                         slot.send_text(released.text, now);
                         if released.stopped {
-                            slot.end(FinishReason::Stop, self.started);
+                            slot.end(FinishReason::Stop, self.started, tel, now);
                             continue;
                         }
                     }
                     if r.token_id < 0 {
                         slot.flush(now);
                         let reason = slot.natural_end(ctx);
-                        slot.end(reason, self.started);
+                        slot.end(reason, self.started, tel, now);
                     } else if slot.generated >= slot.max_tokens {
                         slot.flush(now);
-                        slot.end(FinishReason::Length, self.started);
+                        slot.end(FinishReason::Length, self.started, tel, now);
                     }
                 }
             }
@@ -116,18 +173,24 @@ impl Demux {
 
     /// Ends every open request with an error (a failed or stuck run).
     pub fn fail_all(&mut self, message: &str) {
-        let started = self.started;
+        self.fail_all_as(FailKind::RuntimeError, message)
+    }
+
+    /// Ends every open request with an error of the given kind.
+    pub fn fail_all_as(&mut self, kind: FailKind, message: &str) {
+        let (started, tel, now) = (self.started, self.tel.as_ref(), Instant::now());
         for s in self.slots.iter_mut().filter(|s| s.open) {
-            s.end(FinishReason::Error(message.to_string()), started);
+            s.kind = kind;
+            s.end(FinishReason::Error(message.to_string()), started, tel, now);
         }
     }
 
     fn end_all(&mut self, reason: impl Fn(&Slot, usize) -> FinishReason, now: Instant) {
-        let (started, ctx) = (self.started, self.context_len);
+        let (started, ctx, tel) = (self.started, self.context_len, self.tel.as_ref());
         for s in self.slots.iter_mut().filter(|s| s.open) {
             s.flush(now);
             let r = reason(s, ctx);
-            s.end(r, started);
+            s.end(r, started, tel, now);
         }
     }
 
@@ -159,9 +222,8 @@ impl Slot {
         }
     }
 
-    fn end(&mut self, reason: FinishReason, started: Instant) {
-        self.open = false;
-        let timings = Timings {
+    fn timings(&self, started: Instant) -> Timings {
+        Timings {
             queue: started.saturating_duration_since(self.arrival),
             ttft: self
                 .first_at
@@ -170,7 +232,43 @@ impl Slot {
                 (Some(a), Some(b)) => b.saturating_duration_since(a),
                 _ => Default::default(),
             },
-        };
+        }
+    }
+
+    /// Sends this request's measurements to the telemetry thread.
+    fn record(
+        &mut self,
+        tel: Option<&ModelTelemetry>,
+        outcome: Outcome,
+        now: Instant,
+        started: Instant,
+    ) {
+        let Some(tel) = tel else { return };
+        let t = self.timings(started);
+        tel.request(RequestRecord {
+            model: tel.model.clone(),
+            outcome,
+            prompt_tokens: self.prompt_tokens as u32,
+            completion_tokens: self.generated,
+            queue: t.queue,
+            ttft: t.ttft,
+            prefill: self.first_at.map(|f| f.saturating_duration_since(started)),
+            decode: t.decode,
+            e2e: now.saturating_duration_since(self.arrival),
+            itl_us: std::mem::take(&mut self.itl_us),
+        });
+    }
+
+    fn end(
+        &mut self,
+        reason: FinishReason,
+        started: Instant,
+        tel: Option<&ModelTelemetry>,
+        now: Instant,
+    ) {
+        self.open = false;
+        let timings = self.timings(started);
+        self.record(tel, Outcome::of(&reason, self.kind), now, started);
         let _ = self.tx.send(Event::End {
             reason,
             prompt_tokens: self.prompt_tokens as u32,

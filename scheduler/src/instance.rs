@@ -7,6 +7,7 @@ use crate::demux::{Demux, Member};
 use crate::queue::{take_batch, Pending};
 use crate::request::BatchKey;
 use crate::scheduler::{Model, Shared};
+use crate::telemetry::FailKind;
 use parking_lot::Mutex;
 use rkllm::{AbiFamily, AbortHandle, Handle, InferParams, Input, RunOutcome, Runtime, Sampling};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -182,9 +183,13 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
                 }
                 Err(reason) => {
                     for p in members {
-                        p.fail(format!(
-                            "re-initialising the runtime for new sampling failed: {reason}"
-                        ));
+                        p.fail(
+                            FailKind::RuntimeError,
+                            format!(
+                                "re-initialising the runtime for new sampling failed: {reason}"
+                            ),
+                            &model.queue.tel,
+                        );
                     }
                     model.instance_failed(&inst, reason);
                     return;
@@ -225,21 +230,24 @@ fn run_batch(
         AbiFamily::V1_2 => InferParams::default(),
     };
     let slots = members.len();
-    let demux = Arc::new(Mutex::new(Demux::new(
-        members
-            .into_iter()
-            .map(|p| Member {
-                id: p.id,
-                tx: p.tx,
-                max_tokens: p.req.max_tokens,
-                stop: p.req.stop,
-                prompt_tokens: p.req.prompt_tokens,
-                arrival: p.req.arrival,
-            })
-            .collect(),
-        started,
-        cfg.context_len,
-    )));
+    let demux = Arc::new(Mutex::new(
+        Demux::new(
+            members
+                .into_iter()
+                .map(|p| Member {
+                    id: p.id,
+                    tx: p.tx,
+                    max_tokens: p.req.max_tokens,
+                    stop: p.req.stop,
+                    prompt_tokens: p.req.prompt_tokens,
+                    arrival: p.req.arrival,
+                })
+                .collect(),
+            started,
+            cfg.context_len,
+        )
+        .with_telemetry(model.queue.tel.clone()),
+    ));
     inst.touch();
     *inst.run.lock() = Some(demux.clone());
     *inst.state.lock() = InstanceState::Running { slots };
@@ -265,6 +273,9 @@ fn run_batch(
         Ok(RunOutcome::Failed) => d.fail_all("the runtime reported an error during the run"),
         Ok(_) => d.finish(Instant::now()),
         Err(e) => d.fail_all(&format!("the run failed: {e}")),
+    }
+    if let Some(r) = d.run_record(started.elapsed()) {
+        model.queue.tel.run(r);
     }
     drop(d);
     if inst.current(generation) {

@@ -14,7 +14,9 @@ pub mod policy;
 mod queue;
 pub mod request;
 pub mod scheduler;
+pub mod stats;
 pub mod stop;
+pub mod telemetry;
 
 pub use config::ModelConfig;
 pub use error::SubmitError;

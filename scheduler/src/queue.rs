@@ -2,6 +2,7 @@
 
 use crate::policy::{Decision, Policy, Waiting};
 use crate::request::{BatchKey, Event, FinishReason, Request, Timings};
+use crate::telemetry::{FailKind, ModelTelemetry, Outcome, RequestRecord};
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -16,40 +17,78 @@ pub struct Pending {
 }
 
 impl Pending {
-    pub fn fail(self, message: String) {
+    /// Ends a request that never ran, and records why.
+    pub fn fail(self, kind: FailKind, message: String, tel: &ModelTelemetry) {
+        let waited = self.req.arrival.elapsed();
+        self.record(kind, waited, tel);
         let _ = self.tx.send(Event::End {
             reason: FinishReason::Error(message),
             prompt_tokens: self.req.prompt_tokens as u32,
             completion_tokens: 0,
             timings: Timings {
-                queue: self.req.arrival.elapsed(),
+                queue: waited,
                 ..Timings::default()
             },
         });
     }
+
+    fn record(&self, kind: FailKind, waited: Duration, tel: &ModelTelemetry) {
+        tel.request(RequestRecord {
+            model: tel.model.clone(),
+            outcome: Outcome::Failed(kind),
+            prompt_tokens: self.req.prompt_tokens as u32,
+            completion_tokens: 0,
+            queue: waited,
+            ttft: None,
+            prefill: None,
+            decode: Duration::ZERO,
+            e2e: waited,
+            itl_us: Vec::new(),
+        });
+    }
 }
 
-#[derive(Default)]
 pub struct Queue {
     pub waiting: Mutex<VecDeque<Pending>>,
     /// Signalled when a request arrives or the scheduler shuts down.
     pub arrived: Condvar,
+    pub tel: ModelTelemetry,
+}
+
+impl Queue {
+    pub fn new(tel: ModelTelemetry) -> Queue {
+        Queue {
+            waiting: Mutex::default(),
+            arrived: Condvar::new(),
+            tel,
+        }
+    }
 }
 
 /// Drops requests whose client left and fails those that waited too long.
-pub fn sweep(waiting: &mut VecDeque<Pending>, max_wait: Duration, now: Instant) {
+pub fn sweep(
+    waiting: &mut VecDeque<Pending>,
+    max_wait: Duration,
+    now: Instant,
+    tel: &ModelTelemetry,
+) {
     let mut i = 0;
     while i < waiting.len() {
         let p = &waiting[i];
         if p.tx.is_closed() {
-            waiting.remove(i);
+            let p = waiting.remove(i).expect("index in range");
+            p.record(
+                FailKind::Cancelled,
+                now.saturating_duration_since(p.req.arrival),
+                tel,
+            );
         } else if now.saturating_duration_since(p.req.arrival) > max_wait {
             let p = waiting.remove(i).expect("index in range");
             let waited = now.saturating_duration_since(p.req.arrival).as_secs_f64();
-            p.fail(format!(
+            p.fail(FailKind::Timeout, format!(
                 "the request waited {waited:.1}s in the queue, longer than the configured maximum of {:.1}s",
                 max_wait.as_secs_f64()
-            ));
+            ), tel);
         } else {
             i += 1;
         }
@@ -72,7 +111,7 @@ pub fn take_batch(
             return None;
         }
         let now = Instant::now();
-        sweep(&mut waiting, max_wait, now);
+        sweep(&mut waiting, max_wait, now, &queue.tel);
         view.clear();
         view.extend(waiting.iter().map(|p| Waiting {
             key: p.key,

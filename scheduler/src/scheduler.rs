@@ -8,6 +8,8 @@ use crate::instance::{self, Instance, InstanceState};
 use crate::policy::Policy;
 use crate::queue::{sweep, Pending, Queue};
 use crate::request::{BatchKey, Request, RequestStream};
+use crate::stats::{LatencyStats, ModelSummary};
+use crate::telemetry::{FailKind, ModelTelemetry, Telemetry};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::path::Path;
@@ -28,6 +30,7 @@ pub enum ModelStatus {
 
 pub(crate) struct Shared {
     stopping: AtomicBool,
+    telemetry: Telemetry,
 }
 
 impl Shared {
@@ -68,10 +71,11 @@ impl Model {
             *self.status.lock() = ModelStatus::Unavailable(reason.clone());
             let mut waiting = self.queue.waiting.lock();
             for p in waiting.drain(..) {
-                p.fail(format!(
-                    "model '{}' is unavailable: {reason}",
-                    self.cfg.name
-                ));
+                p.fail(
+                    FailKind::Unavailable,
+                    format!("model '{}' is unavailable: {reason}", self.cfg.name),
+                    &self.queue.tel,
+                );
             }
         }
     }
@@ -112,13 +116,21 @@ pub struct Scheduler {
     watchdog: Option<JoinHandle<()>>,
     next_id: AtomicU64,
     big_cores: Vec<usize>,
+    stats: Arc<LatencyStats>,
 }
 
 impl Scheduler {
     /// Starts every model's instances; they load in the background (see [`Scheduler::snapshot`]).
     pub fn new(models: Vec<ModelConfig>) -> Scheduler {
+        Scheduler::with_stats_window(models, Duration::from_secs(60))
+    }
+
+    /// As [`Scheduler::new`], with exact latency percentiles kept over `window`.
+    pub fn with_stats_window(models: Vec<ModelConfig>, window: Duration) -> Scheduler {
+        let stats = Arc::new(LatencyStats::new(window));
         let shared = Arc::new(Shared {
             stopping: AtomicBool::new(false),
+            telemetry: Telemetry::start(stats.clone()),
         });
         let map: Arc<RwLock<HashMap<String, Arc<Model>>>> = Arc::default();
         let watchdog = {
@@ -134,6 +146,7 @@ impl Scheduler {
             watchdog: Some(watchdog),
             next_id: AtomicU64::new(1),
             big_cores: cpus::big_cores(Path::new("/sys/devices/system/cpu")),
+            stats,
         };
         for cfg in models {
             s.add_model(cfg);
@@ -149,7 +162,10 @@ impl Scheduler {
                 starvation_bound: cfg.starvation_bound,
             },
             cpus: cfg.cpus.clone().unwrap_or_else(|| self.big_cores.clone()),
-            queue: Queue::default(),
+            queue: Queue::new(ModelTelemetry::new(
+                self.shared.telemetry.clone(),
+                &cfg.name,
+            )),
             status: Mutex::new(ModelStatus::Loading),
             instances: (0..cfg.instances.max(1))
                 .map(|i| Arc::new(Instance::new(i)))
@@ -256,6 +272,15 @@ impl Scheduler {
         out
     }
 
+    /// Exact TTFT, inter-token and end-to-end percentiles per model (see [`LatencyStats`]).
+    pub fn latency_stats(&self) -> Vec<ModelSummary> {
+        self.stats.summaries()
+    }
+
+    pub fn stats_window(&self) -> Duration {
+        self.stats.window()
+    }
+
     /// Waits until no model is loading any more, or `limit` passes.
     pub fn wait_loaded(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
@@ -305,7 +330,11 @@ impl Drop for Scheduler {
 fn stop_model(m: &Model, why: &str) {
     m.unloading.store(true, Ordering::Release);
     for p in m.queue.waiting.lock().drain(..) {
-        p.fail(format!("model '{}' stopped serving: {why}", m.cfg.name));
+        p.fail(
+            FailKind::Unavailable,
+            format!("model '{}' stopped serving: {why}", m.cfg.name),
+            &m.queue.tel,
+        );
     }
     m.queue.arrived.notify_all();
     for inst in &m.instances {
@@ -324,7 +353,13 @@ fn watchdog(models: Arc<RwLock<HashMap<String, Arc<Model>>>>, shared: Arc<Shared
         for model in &models {
             {
                 let mut waiting = model.queue.waiting.lock();
-                sweep(&mut waiting, model.cfg.max_queue_wait, Instant::now());
+                let now = Instant::now();
+                sweep(
+                    &mut waiting,
+                    model.cfg.max_queue_wait,
+                    now,
+                    &model.queue.tel,
+                );
             }
             for inst in &model.instances {
                 let running = matches!(*inst.state.lock(), InstanceState::Running { .. });
@@ -347,7 +382,7 @@ fn recover_stuck(model: &Arc<Model>, inst: &Arc<Instance>, shared: &Arc<Shared>)
     inst.generation.fetch_add(1, Ordering::AcqRel);
     *inst.state.lock() = InstanceState::Restarting;
     if let Some(run) = inst.run.lock().take() {
-        run.lock().fail_all(&format!(
+        run.lock().fail_all_as(FailKind::Timeout, &format!(
             "the runtime made no progress for {:.1}s; the run was abandoned and the instance restarted",
             model.cfg.stall_timeout.as_secs_f64()
         ));

@@ -411,3 +411,42 @@ fn unloading_a_model_ends_its_requests_and_loading_it_again_serves() {
         FinishReason::Length
     );
 }
+
+#[test]
+fn latency_stats_count_every_token_gap_and_each_failure() {
+    let s = start(vec![model("m", "[timing]\ndecode_step_ms = 5.0\n", 2)]);
+    let a = s.submit(req("m", "a", 10)).unwrap();
+    let b = s.submit(req("m", "b", 10)).unwrap();
+    assert_eq!(collect(a).2, 10);
+    assert_eq!(collect(b).2, 10);
+    // A client that leaves mid-run is counted as failed (cancelled), not as a request served.
+    let mut gone = s.submit(req("m", "gone", 1000)).unwrap();
+    first_event(&mut gone);
+    drop(gone);
+    assert_eq!(collect(s.submit(req("m", "after", 1)).unwrap()).2, 1);
+
+    // The telemetry thread records asynchronously.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let stats = loop {
+        let all = s.latency_stats();
+        if let Some(m) = all.iter().find(|m| m.model == "m") {
+            if m.since_start.requests == 3 && m.since_start.failed == 1 {
+                break m.clone();
+            }
+        }
+        assert!(Instant::now() < deadline, "stats never settled: {all:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let st = &stats.since_start;
+    assert_eq!(st.ttft.count, 3);
+    assert_eq!(st.e2e.count, 3);
+    // Ten tokens have nine gaps; one token has none.
+    assert_eq!(st.itl.count, 9 + 9);
+    assert!(
+        st.itl.p50 >= 0.004 && st.itl.p50 < 0.05,
+        "a 5 ms step gives ~5 ms gaps: {:?}",
+        st.itl
+    );
+    assert!(st.e2e.max >= st.ttft.max);
+    assert_eq!(stats.window, stats.since_start);
+}

@@ -4,6 +4,7 @@
 use crate::catalog::CatalogError;
 use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
+use scheduler::telemetry::{self, FailKind};
 use scheduler::SubmitError;
 use serde_json::json;
 use std::time::Duration;
@@ -23,6 +24,8 @@ pub struct ApiError {
     pub retry_after: Option<Duration>,
     /// OpenAI's machine-readable code, when there is a specific one.
     pub code: Option<&'static str>,
+    /// The model the request named, when known (a metrics label).
+    pub model: Option<String>,
 }
 
 impl ApiError {
@@ -33,6 +36,7 @@ impl ApiError {
             param: None,
             retry_after: None,
             code: None,
+            model: None,
         }
     }
 
@@ -93,12 +97,32 @@ impl ApiError {
         }
         r.json(self.body(api))
     }
+
+    /// The response to a generation request refused before it reached the scheduler,
+    /// counted in `rkserve_request_failure_total` by kind.
+    pub fn refuse(&self, api: Api) -> HttpResponse {
+        let kind = match self.status.as_u16() {
+            429 => FailKind::Overloaded,
+            503 => FailKind::Unavailable,
+            400..=499 => FailKind::BadRequest,
+            _ => FailKind::RuntimeError,
+        };
+        telemetry::count_failure(self.model.as_deref().unwrap_or(""), kind, 1);
+        self.response(api)
+    }
 }
 
 impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         let message = e.to_string();
-        match e {
+        let model = match &e {
+            SubmitError::UnknownModel(m)
+            | SubmitError::ModelUnavailable { model: m, .. }
+            | SubmitError::PromptTooLong { model: m, .. }
+            | SubmitError::Overloaded { model: m, .. } => Some(m.clone()),
+            SubmitError::ShuttingDown => None,
+        };
+        let e = match e {
             SubmitError::UnknownModel(_) => ApiError {
                 code: Some("model_not_found"),
                 ..ApiError::new(StatusCode::NOT_FOUND, message)
@@ -111,7 +135,8 @@ impl From<SubmitError> for ApiError {
             SubmitError::ModelUnavailable { .. } | SubmitError::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
             }
-        }
+        };
+        ApiError { model, ..e }
     }
 }
 

@@ -7,6 +7,7 @@ mod generate;
 mod manage;
 mod ollama;
 mod openai;
+mod stats;
 
 use crate::catalog::Catalog;
 use actix_web::body::{EitherBody, MessageBody};
@@ -20,6 +21,8 @@ use subtle::ConstantTimeEq;
 
 pub struct AppState {
     pub catalog: Catalog,
+    /// None when another recorder was installed first (embedding, tests): /metrics is 503.
+    pub exporter: Option<crate::exporter::Exporter>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -32,6 +35,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/health", web::get().to(health)))
         .service(resource("/ready", web::get().to(ready)))
         .service(resource("/openapi.json", web::get().to(openapi)))
+        .service(resource("/metrics", web::get().to(stats::metrics)))
+        .service(resource("/v1/stats", web::get().to(stats::latency)))
         .service(resource(
             "/v1/chat/completions",
             web::post().to(openai::chat),

@@ -44,11 +44,24 @@ pub enum KeepAlive {
 impl KeepAlive {
     /// Ollama's keep_alive: 0 unloads the model once the request is done.
     fn is_zero(&self) -> bool {
+        self.duration() == Some(Duration::ZERO)
+    }
+
+    /// How long the model stays loaded after the request: `None` is forever (negative
+    /// values), a number is seconds, a string is a duration ("5m", "1h30m").
+    fn duration(&self) -> Option<Duration> {
         match self {
-            KeepAlive::Seconds(s) => *s == 0.0,
+            KeepAlive::Seconds(s) if *s < 0.0 => None,
+            KeepAlive::Seconds(s) => Some(Duration::from_secs_f64(*s)),
             KeepAlive::Text(t) => {
                 let t = t.trim();
-                t == "0" || humantime::parse_duration(t).is_ok_and(|d| d.is_zero())
+                if t.starts_with('-') {
+                    return None;
+                }
+                match t.parse::<f64>() {
+                    Ok(secs) => Some(Duration::from_secs_f64(secs)),
+                    Err(_) => humantime::parse_duration(t).ok(),
+                }
             }
         }
     }
@@ -166,8 +179,9 @@ async fn run(
     shape: Shape,
     build: impl FnOnce(&crate::catalog::Served) -> Result<GenRequest, ApiError>,
     stream_out: bool,
-    unload_after: bool,
+    keep_alive: Option<KeepAlive>,
 ) -> Result<HttpResponse, ApiError> {
+    let unload_after = keep_alive.as_ref().is_some_and(KeepAlive::is_zero);
     let served = state.catalog.resolve(&model_query)?;
     let g = build(&served)?;
     let mut generation = generate::start(&state, served, g).await?;
@@ -188,10 +202,12 @@ async fn run(
     };
     let finish = {
         let state = state.clone();
-        move |name: &str| {
-            if unload_after {
+        move |name: &str| match &keep_alive {
+            Some(k) if k.is_zero() => {
                 state.catalog.unload(name);
             }
+            Some(k) => state.catalog.keep_alive(name, k.duration()),
+            None => {}
         }
     };
     let name = generation.served.entry.name.clone();
@@ -277,16 +293,22 @@ async fn run(
 async fn load_or_unload(
     state: &web::Data<AppState>,
     model: &str,
-    unload: bool,
+    keep_alive: Option<KeepAlive>,
     shape: Shape,
 ) -> Result<HttpResponse, ApiError> {
     let served = state.catalog.resolve(model)?;
-    let reason = if unload {
-        state.catalog.unload(&served.entry.name);
-        "unload"
-    } else {
-        generate::ensure_loaded(state, &served).await?;
-        "load"
+    let reason = match keep_alive {
+        Some(k) if k.is_zero() => {
+            state.catalog.unload(&served.entry.name);
+            "unload"
+        }
+        keep => {
+            generate::ensure_loaded(state, &served).await?;
+            if let Some(k) = keep {
+                state.catalog.keep_alive(&served.entry.name, k.duration());
+            }
+            "load"
+        }
     };
     let mut v = json!({
         "model": served.entry.name,
@@ -305,9 +327,9 @@ pub async fn chat(state: web::Data<AppState>, payload: web::Payload) -> HttpResp
     let limit = state.catalog.config().server.max_body_bytes;
     let result = async {
         let req: ChatRequest = body::json(payload, limit).await?;
-        let unload = req.keep_alive.as_ref().is_some_and(KeepAlive::is_zero);
+        let keep_alive = req.keep_alive;
         if req.messages.is_empty() {
-            return load_or_unload(&state, &req.model, unload, Shape::Chat).await;
+            return load_or_unload(&state, &req.model, keep_alive, Shape::Chat).await;
         }
         if req
             .tools
@@ -346,21 +368,21 @@ pub async fn chat(state: web::Data<AppState>, payload: web::Payload) -> HttpResp
                 gen_request(prompt, "messages", options.as_ref(), &format)
             },
             req.stream.unwrap_or(true),
-            unload,
+            keep_alive,
         )
         .await
     }
     .await;
-    result.unwrap_or_else(|e| e.response(Api::Ollama))
+    result.unwrap_or_else(|e| e.refuse(Api::Ollama))
 }
 
 pub async fn generate(state: web::Data<AppState>, payload: web::Payload) -> HttpResponse {
     let limit = state.catalog.config().server.max_body_bytes;
     let result = async {
         let req: GenerateRequest = body::json(payload, limit).await?;
-        let unload = req.keep_alive.as_ref().is_some_and(KeepAlive::is_zero);
+        let keep_alive = req.keep_alive;
         if req.prompt.is_empty() {
-            return load_or_unload(&state, &req.model, unload, Shape::Generate).await;
+            return load_or_unload(&state, &req.model, keep_alive, Shape::Generate).await;
         }
         if req.images.as_ref().is_some_and(|i| !i.is_empty()) {
             return Err(ApiError::bad_request("images are not supported by rkserve"));
@@ -399,12 +421,12 @@ pub async fn generate(state: web::Data<AppState>, payload: web::Payload) -> Http
                 gen_request(text, "prompt", options.as_ref(), &format)
             },
             req.stream.unwrap_or(true),
-            unload,
+            keep_alive,
         )
         .await
     }
     .await;
-    result.unwrap_or_else(|e| e.response(Api::Ollama))
+    result.unwrap_or_else(|e| e.refuse(Api::Ollama))
 }
 
 fn details(s: &crate::catalog::Served) -> Value {
@@ -544,8 +566,11 @@ pub async fn ps(state: web::Data<AppState>) -> HttpResponse {
         .iter()
         .filter_map(|m| {
             let s = state.catalog.resolve(&m.name).ok()?;
-            // Models stay loaded until unloaded: say so with a far expiry.
-            let expires = SystemTime::now() + Duration::from_secs(10 * 365 * 24 * 3600);
+            // Without a keep_alive a model stays loaded until unloaded: a far expiry says so.
+            let expires = state
+                .catalog
+                .expires_at(&m.name)
+                .unwrap_or_else(|| SystemTime::now() + Duration::from_secs(10 * 365 * 24 * 3600));
             Some(json!({
                 "name": m.name,
                 "model": m.name,
@@ -579,5 +604,29 @@ mod tests {
             "w8a8"
         );
         assert_eq!(super::quantization("zero-delay.toml"), "");
+    }
+}
+
+#[cfg(test)]
+mod keep_alive_tests {
+    use super::KeepAlive;
+    use std::time::Duration;
+
+    #[test]
+    fn keep_alive_values() {
+        assert_eq!(KeepAlive::Seconds(0.0).duration(), Some(Duration::ZERO));
+        assert!(KeepAlive::Text("0".into()).is_zero());
+        assert!(KeepAlive::Text("0s".into()).is_zero());
+        assert_eq!(
+            KeepAlive::Text("5m".into()).duration(),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            KeepAlive::Seconds(30.0).duration(),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(KeepAlive::Seconds(-1.0).duration(), None);
+        assert_eq!(KeepAlive::Text("-1".into()).duration(), None);
+        assert!(!KeepAlive::Text("5m".into()).is_zero());
     }
 }

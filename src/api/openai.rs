@@ -258,7 +258,7 @@ pub async fn chat(state: web::Data<AppState>, payload: web::Payload) -> HttpResp
         respond(&state, served, g, &req, Kind::Chat).await
     }
     .await;
-    result.unwrap_or_else(|e| e.response(Api::OpenAi))
+    result.unwrap_or_else(|e| e.refuse(Api::OpenAi))
 }
 
 pub async fn completions(state: web::Data<AppState>, payload: web::Payload) -> HttpResponse {
@@ -285,7 +285,7 @@ pub async fn completions(state: web::Data<AppState>, payload: web::Payload) -> H
         respond(&state, served, g, &req, Kind::Text).await
     }
     .await;
-    result.unwrap_or_else(|e| e.response(Api::OpenAi))
+    result.unwrap_or_else(|e| e.refuse(Api::OpenAi))
 }
 
 #[derive(Clone, Copy, PartialEq)]

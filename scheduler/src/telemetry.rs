@@ -1,0 +1,457 @@
+//! What the scheduler measures, off the runtime threads: the demultiplexer and the queue
+//! send finished requests and runs down a channel, and one telemetry thread records them as
+//! Prometheus metrics (through the `metrics` facade: a no-op until the server installs an
+//! exporter) and in the exact-percentile [`LatencyStats`].
+//!
+//! Metric names follow vLLM's with our prefix (see shared/anchors.md); every name, its help
+//! text and its histogram buckets are defined here so the server and the dashboards agree.
+
+use crate::request::FinishReason;
+use crate::scheduler::{ModelSnapshot, ModelStatus};
+use crate::stats::LatencyStats;
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use metrics::{counter, gauge, histogram, Unit};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const TTFT: &str = "rkserve_time_to_first_token_seconds";
+pub const ITL: &str = "rkserve_inter_token_latency_seconds";
+pub const TPOT: &str = "rkserve_time_per_output_token_seconds";
+pub const E2E: &str = "rkserve_e2e_request_latency_seconds";
+pub const QUEUE_TIME: &str = "rkserve_request_queue_time_seconds";
+pub const PREFILL_TIME: &str = "rkserve_request_prefill_time_seconds";
+pub const DECODE_TIME: &str = "rkserve_request_decode_time_seconds";
+pub const REQUEST_PROMPT_TOKENS: &str = "rkserve_request_prompt_tokens";
+pub const REQUEST_GENERATION_TOKENS: &str = "rkserve_request_generation_tokens";
+pub const PROMPT_TOKENS: &str = "rkserve_prompt_tokens_total";
+pub const GENERATION_TOKENS: &str = "rkserve_generation_tokens_total";
+pub const SUCCESS: &str = "rkserve_request_success_total";
+pub const FAILURE: &str = "rkserve_request_failure_total";
+pub const RUNS: &str = "rkserve_batch_runs_total";
+pub const RUN_SLOTS: &str = "rkserve_batch_slots_filled";
+pub const RUN_DURATION: &str = "rkserve_batch_run_duration_seconds";
+pub const DECODE_STEPS: &str = "rkserve_decode_steps_total";
+pub const SLOT_STEPS: &str = "rkserve_slot_steps_total";
+pub const MEMORY: &str = "rkserve_runtime_memory_bytes";
+pub const RUNNING: &str = "rkserve_num_requests_running";
+pub const WAITING: &str = "rkserve_num_requests_waiting";
+pub const INSTANCES: &str = "rkserve_instances";
+pub const INSTANCES_BUSY: &str = "rkserve_instances_busy";
+pub const SLOTS: &str = "rkserve_slots";
+pub const SLOTS_BUSY: &str = "rkserve_slots_busy";
+pub const MODEL_STATE: &str = "rkserve_model_state";
+pub const MODEL_LOAD_TIME: &str = "rkserve_model_load_seconds";
+
+/// Why an accepted request did not complete, and why a request was refused (the server
+/// counts refusals under the same metric, so one panel shows every error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailKind {
+    /// Refused: the queue was full (HTTP 429).
+    Overloaded,
+    /// The client went away before its request finished.
+    Cancelled,
+    /// Waited in the queue longer than allowed, or the run stalled.
+    Timeout,
+    /// The runtime failed the run.
+    RuntimeError,
+    /// Refused: malformed, unknown model, prompt too long (HTTP 4xx).
+    BadRequest,
+    /// The model could not load or was unloaded while the request waited.
+    Unavailable,
+}
+
+impl FailKind {
+    pub const ALL: [FailKind; 6] = [
+        FailKind::Overloaded,
+        FailKind::Cancelled,
+        FailKind::Timeout,
+        FailKind::RuntimeError,
+        FailKind::BadRequest,
+        FailKind::Unavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailKind::Overloaded => "overloaded",
+            FailKind::Cancelled => "cancelled",
+            FailKind::Timeout => "timeout",
+            FailKind::RuntimeError => "runtime_error",
+            FailKind::BadRequest => "bad_request",
+            FailKind::Unavailable => "unavailable",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Stop,
+    Length,
+    Failed(FailKind),
+}
+
+impl Outcome {
+    pub(crate) fn of(reason: &FinishReason, kind: FailKind) -> Outcome {
+        match reason {
+            FinishReason::Stop => Outcome::Stop,
+            FinishReason::Length => Outcome::Length,
+            FinishReason::Error(_) => Outcome::Failed(kind),
+        }
+    }
+}
+
+/// One request's measurements, sent when it ends.
+#[derive(Debug)]
+pub struct RequestRecord {
+    pub model: Arc<str>,
+    pub outcome: Outcome,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    /// Arrival to the start of its run (or to its end, if it never ran).
+    pub queue: Duration,
+    /// Arrival to the first token.
+    pub ttft: Option<Duration>,
+    /// Start of the run to the first token.
+    pub prefill: Option<Duration>,
+    /// First token to the last.
+    pub decode: Duration,
+    pub e2e: Duration,
+    /// Gaps between consecutive tokens, in microseconds.
+    pub itl_us: Vec<u32>,
+}
+
+/// One run's measurements, sent when it ends.
+#[derive(Debug)]
+pub struct RunRecord {
+    pub model: Arc<str>,
+    pub slots: usize,
+    pub busy: Duration,
+    pub steps: u64,
+    /// Sum over steps of the slots still generating.
+    pub slot_steps: u64,
+    /// The runtime's reported memory (VmHWM on the CPU runtime).
+    pub memory_bytes: Option<u64>,
+}
+
+enum Record {
+    Request(RequestRecord),
+    Run(RunRecord),
+    /// Registers a model's counters at zero, so rates and panels have series before the
+    /// first error of each kind.
+    ModelAdded(Arc<str>),
+}
+
+/// The sending side, cloned into every model's queue and run. Sending never blocks.
+#[derive(Clone)]
+pub struct Telemetry {
+    tx: Sender<Record>,
+}
+
+impl Telemetry {
+    /// Starts the telemetry thread; it ends when the last `Telemetry` is dropped.
+    pub fn start(stats: Arc<LatencyStats>) -> Telemetry {
+        let (tx, rx) = unbounded();
+        std::thread::Builder::new()
+            .name("rkserve-telemetry".into())
+            .spawn(move || record_all(rx, &stats))
+            .expect("spawn the telemetry thread");
+        Telemetry { tx }
+    }
+
+    pub fn request(&self, r: RequestRecord) {
+        let _ = self.tx.send(Record::Request(r));
+    }
+
+    pub fn run(&self, r: RunRecord) {
+        let _ = self.tx.send(Record::Run(r));
+    }
+
+    pub fn model_added(&self, model: Arc<str>) {
+        let _ = self.tx.send(Record::ModelAdded(model));
+    }
+}
+
+/// A [`Telemetry`] bound to one model, as queues and runs hold it.
+#[derive(Clone)]
+pub struct ModelTelemetry {
+    tel: Telemetry,
+    pub model: Arc<str>,
+}
+
+impl ModelTelemetry {
+    pub fn new(tel: Telemetry, model: &str) -> ModelTelemetry {
+        let model: Arc<str> = model.into();
+        tel.model_added(model.clone());
+        ModelTelemetry { tel, model }
+    }
+
+    pub fn request(&self, r: RequestRecord) {
+        self.tel.request(r)
+    }
+
+    pub fn run(&self, r: RunRecord) {
+        self.tel.run(r)
+    }
+}
+
+fn record_all(rx: Receiver<Record>, stats: &LatencyStats) {
+    for record in rx {
+        match record {
+            Record::Request(r) => {
+                record_request(&r);
+                stats.record(&r);
+            }
+            Record::Run(r) => record_run(&r),
+            Record::ModelAdded(m) => {
+                for reason in ["stop", "length"] {
+                    counter!(SUCCESS, "model" => m.to_string(), "finished_reason" => reason)
+                        .increment(0);
+                }
+                for kind in FailKind::ALL {
+                    count_failure(&m, kind, 0);
+                }
+                counter!(PROMPT_TOKENS, "model" => m.to_string()).increment(0);
+                counter!(GENERATION_TOKENS, "model" => m.to_string()).increment(0);
+            }
+        }
+    }
+}
+
+/// Counts a failed or refused request (the server's refusals come through here too).
+pub fn count_failure(model: &str, kind: FailKind, n: u64) {
+    counter!(FAILURE, "model" => model.to_string(), "kind" => kind.as_str()).increment(n);
+}
+
+fn record_request(r: &RequestRecord) {
+    let model = r.model.to_string();
+    match r.outcome {
+        Outcome::Stop | Outcome::Length => {
+            let reason = if r.outcome == Outcome::Stop {
+                "stop"
+            } else {
+                "length"
+            };
+            counter!(SUCCESS, "model" => model.clone(), "finished_reason" => reason).increment(1);
+            histogram!(E2E, "model" => model.clone()).record(r.e2e.as_secs_f64());
+        }
+        Outcome::Failed(kind) => count_failure(&model, kind, 1),
+    }
+    counter!(PROMPT_TOKENS, "model" => model.clone()).increment(r.prompt_tokens as u64);
+    counter!(GENERATION_TOKENS, "model" => model.clone()).increment(r.completion_tokens as u64);
+    // Latency distributions describe requests that ran: one refused at the door has none.
+    if r.ttft.is_none() && matches!(r.outcome, Outcome::Failed(_)) {
+        return;
+    }
+    histogram!(QUEUE_TIME, "model" => model.clone()).record(r.queue.as_secs_f64());
+    histogram!(REQUEST_PROMPT_TOKENS, "model" => model.clone()).record(r.prompt_tokens as f64);
+    histogram!(REQUEST_GENERATION_TOKENS, "model" => model.clone())
+        .record(r.completion_tokens as f64);
+    if let Some(t) = r.ttft {
+        histogram!(TTFT, "model" => model.clone()).record(t.as_secs_f64());
+    }
+    if let Some(p) = r.prefill {
+        histogram!(PREFILL_TIME, "model" => model.clone()).record(p.as_secs_f64());
+    }
+    histogram!(DECODE_TIME, "model" => model.clone()).record(r.decode.as_secs_f64());
+    if r.completion_tokens > 1 {
+        let tpot = r.decode.as_secs_f64() / (r.completion_tokens - 1) as f64;
+        histogram!(TPOT, "model" => model.clone()).record(tpot);
+    }
+    let itl = histogram!(ITL, "model" => model);
+    for &us in &r.itl_us {
+        itl.record(us as f64 / 1e6);
+    }
+}
+
+fn record_run(r: &RunRecord) {
+    let model = r.model.to_string();
+    counter!(RUNS, "model" => model.clone(), "slots" => r.slots.to_string()).increment(1);
+    histogram!(RUN_SLOTS, "model" => model.clone()).record(r.slots as f64);
+    // Its _sum over time is the instances' busy time: metrics counters count integers.
+    histogram!(RUN_DURATION, "model" => model.clone()).record(r.busy.as_secs_f64());
+    counter!(DECODE_STEPS, "model" => model.clone()).increment(r.steps);
+    counter!(SLOT_STEPS, "model" => model.clone()).increment(r.slot_steps);
+    if let Some(b) = r.memory_bytes {
+        gauge!(MEMORY, "model" => model).set(b as f64);
+    }
+}
+
+/// Sets the gauges that describe the present (queue depth, running requests, instances and
+/// slots, model state and load time) from a snapshot; the server calls it before each
+/// scrape. `load_seconds` gives a model's last load duration; `gone` lists models unloaded
+/// since the last call, whose gauges drop to zero.
+pub fn publish(
+    snapshot: &[ModelSnapshot],
+    load_seconds: impl Fn(&str) -> Option<f64>,
+    gone: &[String],
+) {
+    for m in snapshot {
+        let name = m.name.clone();
+        let busy = m.busy_slots();
+        let instances_busy = m
+            .instances
+            .iter()
+            .filter(|i| matches!(i.state, crate::InstanceState::Running { .. }))
+            .count();
+        gauge!(RUNNING, "model" => name.clone()).set(busy as f64);
+        gauge!(WAITING, "model" => name.clone()).set(m.waiting as f64);
+        gauge!(INSTANCES, "model" => name.clone()).set(m.instances.len() as f64);
+        gauge!(INSTANCES_BUSY, "model" => name.clone()).set(instances_busy as f64);
+        gauge!(SLOTS, "model" => name.clone()).set((m.instances.len() * m.n_batch as usize) as f64);
+        gauge!(SLOTS_BUSY, "model" => name.clone()).set(busy as f64);
+        let state = match m.status {
+            ModelStatus::Loading => "loading",
+            ModelStatus::Ready => "ready",
+            ModelStatus::Unavailable(_) => "unavailable",
+        };
+        for s in ["loading", "ready", "unavailable"] {
+            gauge!(MODEL_STATE, "model" => name.clone(), "state" => s).set(f64::from(s == state));
+        }
+        if let Some(secs) = load_seconds(&name) {
+            gauge!(MODEL_LOAD_TIME, "model" => name).set(secs);
+        }
+    }
+    for name in gone {
+        for g in [
+            RUNNING,
+            WAITING,
+            INSTANCES,
+            INSTANCES_BUSY,
+            SLOTS,
+            SLOTS_BUSY,
+        ] {
+            gauge!(g, "model" => name.clone()).set(0.0);
+        }
+        for s in ["loading", "ready", "unavailable"] {
+            gauge!(MODEL_STATE, "model" => name.clone(), "state" => s).set(0.0);
+        }
+    }
+}
+
+/// Every metric's help text and unit, for the exporter's `# HELP` lines (call once, after
+/// installing the recorder).
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_histogram!(
+        TTFT,
+        Unit::Seconds,
+        "Request arrival to its first generated token."
+    );
+    describe_histogram!(
+        ITL,
+        Unit::Seconds,
+        "Time between consecutive tokens of a request."
+    );
+    describe_histogram!(
+        TPOT,
+        Unit::Seconds,
+        "Decode time per output token after the first, per request."
+    );
+    describe_histogram!(
+        E2E,
+        Unit::Seconds,
+        "Arrival to the end of a successful request."
+    );
+    describe_histogram!(
+        QUEUE_TIME,
+        Unit::Seconds,
+        "Time a request waited before its run started."
+    );
+    describe_histogram!(
+        PREFILL_TIME,
+        Unit::Seconds,
+        "Start of a request's run to its first token."
+    );
+    describe_histogram!(
+        DECODE_TIME,
+        Unit::Seconds,
+        "First token to last token of a request."
+    );
+    describe_histogram!(
+        REQUEST_PROMPT_TOKENS,
+        Unit::Count,
+        "Prompt tokens per request."
+    );
+    describe_histogram!(
+        REQUEST_GENERATION_TOKENS,
+        Unit::Count,
+        "Generated tokens per request."
+    );
+    describe_histogram!(
+        RUN_SLOTS,
+        Unit::Count,
+        "Slots filled per runtime run (multi-batch size)."
+    );
+    describe_counter!(
+        PROMPT_TOKENS,
+        Unit::Count,
+        "Prompt tokens of requests that ran."
+    );
+    describe_counter!(GENERATION_TOKENS, Unit::Count, "Tokens generated.");
+    describe_counter!(
+        SUCCESS,
+        Unit::Count,
+        "Requests completed, by finish reason."
+    );
+    describe_counter!(FAILURE, Unit::Count, "Requests refused or failed, by kind.");
+    describe_counter!(RUNS, Unit::Count, "Runtime runs, by slots filled.");
+    describe_histogram!(RUN_DURATION, Unit::Seconds, "Duration of runtime runs (the rate of its _sum divided by rkserve_instances is the busy ratio).");
+    describe_counter!(DECODE_STEPS, Unit::Count, "Decode steps of all runs.");
+    describe_counter!(SLOT_STEPS, Unit::Count, "Slots generating, summed over decode steps (divide by decode steps times n_batch for occupancy).");
+    describe_gauge!(
+        MEMORY,
+        Unit::Bytes,
+        "Runtime memory reported in the perf stats of the last run."
+    );
+    describe_gauge!(RUNNING, Unit::Count, "Requests in a run.");
+    describe_gauge!(WAITING, Unit::Count, "Requests waiting in the queue.");
+    describe_gauge!(INSTANCES, Unit::Count, "Runtime instances of the model.");
+    describe_gauge!(INSTANCES_BUSY, Unit::Count, "Instances in a run.");
+    describe_gauge!(
+        SLOTS,
+        Unit::Count,
+        "Batch slots of all instances (instances times n_batch)."
+    );
+    describe_gauge!(SLOTS_BUSY, Unit::Count, "Batch slots holding a request.");
+    describe_gauge!(
+        MODEL_STATE,
+        Unit::Count,
+        "1 for the model's current state (loading, ready, unavailable)."
+    );
+    describe_gauge!(
+        MODEL_LOAD_TIME,
+        Unit::Seconds,
+        "How long the model's last load took."
+    );
+}
+
+/// Histogram buckets in base units, sized for NPU latencies (a 0.6B model decodes a token in
+/// ~50 ms on RK3588; an 8B one prefills for seconds).
+pub fn buckets() -> Vec<(&'static str, Vec<f64>)> {
+    let ttft = vec![
+        0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0,
+        30.0, 60.0,
+    ];
+    let itl = vec![
+        0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+    ];
+    let long = vec![
+        0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    ];
+    let tokens = vec![
+        1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0,
+    ];
+    let slots = vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
+    vec![
+        (TTFT, ttft.clone()),
+        (PREFILL_TIME, ttft),
+        (ITL, itl.clone()),
+        (TPOT, itl),
+        (E2E, long.clone()),
+        (QUEUE_TIME, long.clone()),
+        (DECODE_TIME, long.clone()),
+        (RUN_DURATION, long),
+        (REQUEST_PROMPT_TOKENS, tokens.clone()),
+        (REQUEST_GENERATION_TOKENS, tokens),
+        (RUN_SLOTS, slots),
+    ]
+}
