@@ -146,6 +146,11 @@ impl Catalog {
     }
 
     /// Finds a model by name, file name or stem, and prepares it for serving.
+    /// The name of the model `query` names, if the catalog knows it (no rescan, no loading).
+    pub fn known_name(&self, query: &str) -> Option<String> {
+        registry::find(&self.entries.read(), query).map(|e| e.name.clone())
+    }
+
     pub fn resolve(&self, query: &str) -> Result<Arc<Served>, CatalogError> {
         let entry = {
             let entries = self.entries.read();

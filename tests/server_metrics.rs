@@ -175,8 +175,10 @@ async fn metrics_and_stats_account_for_every_request() {
     })
     .await;
     assert_eq!(failures(&text, "slow", "overloaded"), Some(1.0));
-    // Refused before a model was resolved: counted without one.
-    assert_eq!(failures(&text, "", "bad_request"), Some(2.0));
+    // A refusal is counted under the model the request named if the server knows it, and
+    // without a model otherwise (a client must not be able to mint label values).
+    assert_eq!(failures(&text, "fast", "bad_request"), Some(1.0));
+    assert_eq!(failures(&text, "", "bad_request"), Some(1.0));
     assert_eq!(failures(&text, "fast", "runtime_error"), Some(0.0));
     assert_eq!(
         sample(

@@ -42,6 +42,10 @@ struct Args {
     /// Pass prompts to the model verbatim instead of wrapping them in its chat template.
     #[arg(long)]
     raw: bool,
+    /// Run the batch this many times on one handle and print each run's perf stats: the
+    /// first run of a process pays for warming caches, so timings come from the later ones.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
 }
 
 fn main() -> ExitCode {
@@ -98,45 +102,54 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         handle.set_chat_template("", "", "")?;
     }
     let inputs: Vec<Input> = args.prompts.iter().map(Input::prompt).collect();
-    let stream = n_prompts == 1;
-    let mut texts = vec![Vec::<u8>::new(); n_batch as usize];
-    let mut perf = Vec::new();
-    let outcome = handle.run(&inputs, &InferParams::default(), |step| {
-        if step.state() == StepState::Finish {
-            perf = step.slots().map(|s| s.perf).collect();
-            return Flow::Continue;
-        }
-        for (i, slot) in step.slots().enumerate() {
-            if let Some(t) = slot.text {
-                texts[i].extend_from_slice(t);
-                if stream && i == 0 {
-                    let mut out = std::io::stdout().lock();
-                    let _ = out.write_all(t);
-                    let _ = out.flush();
+    for run in 1..=args.runs {
+        // Only the first run is shown; the others are for their timings.
+        let show = run == 1;
+        let stream = show && n_prompts == 1;
+        let mut texts = vec![Vec::<u8>::new(); n_batch as usize];
+        let mut perf = Vec::new();
+        let outcome = handle.run(&inputs, &InferParams::default(), |step| {
+            if step.state() == StepState::Finish {
+                perf = step.slots().map(|s| s.perf).collect();
+                return Flow::Continue;
+            }
+            for (i, slot) in step.slots().enumerate() {
+                if let Some(t) = slot.text {
+                    texts[i].extend_from_slice(t);
+                    if stream && i == 0 {
+                        let mut out = std::io::stdout().lock();
+                        let _ = out.write_all(t);
+                        let _ = out.flush();
+                    }
                 }
             }
+            Flow::Continue
+        })?;
+        if stream {
+            println!();
+        } else if show {
+            for (i, t) in texts.iter().enumerate().take(n_prompts) {
+                println!("--- slot {i}: {}", args.prompts[i]);
+                println!("{}", String::from_utf8_lossy(t));
+            }
         }
-        Flow::Continue
-    })?;
-    if stream {
-        println!();
-    } else {
-        for (i, t) in texts.iter().enumerate().take(n_prompts) {
-            println!("--- slot {i}: {}", args.prompts[i]);
-            println!("{}", String::from_utf8_lossy(t));
-        }
-    }
-    eprintln!("run: {outcome:?}");
-    for (i, p) in perf.iter().enumerate().take(n_prompts) {
-        let tps = if p.generate_time_ms > 0.0 {
-            p.generate_tokens as f32 * 1000.0 / p.generate_time_ms
+        let label = if args.runs > 1 {
+            format!("run {run}/{}", args.runs)
         } else {
-            0.0
+            "run".to_string()
         };
-        eprintln!(
-            "slot {i}: prefill {} tokens in {:.1} ms, generated {} tokens in {:.1} ms ({tps:.1} tok/s), peak memory {:.0} MB",
-            p.prefill_tokens, p.prefill_time_ms, p.generate_tokens, p.generate_time_ms, p.memory_usage_mb
-        );
+        eprintln!("{label}: {outcome:?}");
+        for (i, p) in perf.iter().enumerate().take(n_prompts) {
+            let tps = if p.generate_time_ms > 0.0 {
+                p.generate_tokens as f32 * 1000.0 / p.generate_time_ms
+            } else {
+                0.0
+            };
+            eprintln!(
+                "slot {i}: prefill {} tokens in {:.1} ms, generated {} tokens in {:.1} ms ({tps:.1} tok/s), peak memory {:.0} MB",
+                p.prefill_tokens, p.prefill_time_ms, p.generate_tokens, p.generate_time_ms, p.memory_usage_mb
+            );
+        }
     }
     handle.destroy()?;
     Ok(())

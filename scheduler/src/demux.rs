@@ -41,6 +41,8 @@ pub struct Demux {
     started: Instant,
     context_len: usize,
     tel: Option<ModelTelemetry>,
+    /// Counted as tokens come, so tokens/s is smooth even for long replies.
+    generated_tokens: Option<metrics::Counter>,
     steps: u64,
     slot_steps: u64,
     memory_mb: Option<f32>,
@@ -68,6 +70,7 @@ impl Demux {
             started,
             context_len,
             tel: None,
+            generated_tokens: None,
             steps: 0,
             slot_steps: 0,
             memory_mb: None,
@@ -80,6 +83,10 @@ impl Demux {
             // Room for every gap up front: the callback should not have to allocate.
             s.itl_us = Vec::with_capacity(s.max_tokens.min(4096) as usize);
         }
+        let (prompt, generated) = tel.token_counters();
+        // The whole batch is prefilled when the run starts.
+        prompt.increment(self.slots.iter().map(|s| s.prompt_tokens as u64).sum());
+        self.generated_tokens = Some(generated);
         self.tel = Some(tel);
         self
     }
@@ -121,6 +128,7 @@ impl Demux {
             StepState::Normal | StepState::Waiting => {
                 let (ctx, tel) = (self.context_len, self.tel.as_ref());
                 self.steps += 1;
+                let mut tokens = 0;
                 for (i, slot) in self.slots.iter_mut().enumerate().take(step.len()) {
                     if !slot.open {
                         continue;
@@ -136,6 +144,7 @@ impl Demux {
                     // The token that completes a stop sequence was generated: it counts.
                     if r.token_id >= 0 {
                         slot.generated += 1;
+                        tokens += 1;
                         if let Some(last) = slot.last_at {
                             if slot.itl_us.len() < slot.itl_us.capacity() {
                                 let gap = now.saturating_duration_since(last).as_micros();
@@ -161,6 +170,9 @@ impl Demux {
                         slot.flush(now);
                         slot.end(FinishReason::Length, self.started, tel, now);
                     }
+                }
+                if let Some(c) = &self.generated_tokens {
+                    c.increment(tokens);
                 }
             }
         }

@@ -191,6 +191,16 @@ impl ModelTelemetry {
     pub fn run(&self, r: RunRecord) {
         self.tel.run(r)
     }
+
+    /// The prompt and generated token counters, for a run to count into directly (one
+    /// registry lookup per run, then an atomic add per step).
+    pub fn token_counters(&self) -> (metrics::Counter, metrics::Counter) {
+        let m = self.model.to_string();
+        (
+            counter!(PROMPT_TOKENS, "model" => m.clone()),
+            counter!(GENERATION_TOKENS, "model" => m),
+        )
+    }
 }
 
 fn record_all(rx: Receiver<Record>, stats: &LatencyStats) {
@@ -235,8 +245,6 @@ fn record_request(r: &RequestRecord) {
         }
         Outcome::Failed(kind) => count_failure(&model, kind, 1),
     }
-    counter!(PROMPT_TOKENS, "model" => model.clone()).increment(r.prompt_tokens as u64);
-    counter!(GENERATION_TOKENS, "model" => model.clone()).increment(r.completion_tokens as u64);
     // Latency distributions describe requests that ran: one refused at the door has none.
     if r.ttft.is_none() && matches!(r.outcome, Outcome::Failed(_)) {
         return;
@@ -384,9 +392,13 @@ pub fn describe() {
     describe_counter!(
         PROMPT_TOKENS,
         Unit::Count,
-        "Prompt tokens of requests that ran."
+        "Prompt tokens prefilled (counted when a run starts)."
     );
-    describe_counter!(GENERATION_TOKENS, Unit::Count, "Tokens generated.");
+    describe_counter!(
+        GENERATION_TOKENS,
+        Unit::Count,
+        "Tokens generated (counted as they come)."
+    );
     describe_counter!(
         SUCCESS,
         Unit::Count,

@@ -1,7 +1,7 @@
 //! One error type for every handler, rendered in the shape the calling API's clients parse:
 //! OpenAI `{"error": {"message", "type", "param", "code"}}`, Ollama `{"error": "..."}`.
 
-use crate::catalog::CatalogError;
+use crate::catalog::{Catalog, CatalogError};
 use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
 use scheduler::telemetry::{self, FailKind};
@@ -100,14 +100,21 @@ impl ApiError {
 
     /// The response to a generation request refused before it reached the scheduler,
     /// counted in `rkserve_request_failure_total` by kind.
-    pub fn refuse(&self, api: Api) -> HttpResponse {
+    /// `named` is the model the request named, if it got that far: a model the catalog knows
+    /// labels the count; any other name does not, so clients cannot create series at will.
+    pub fn refuse(&self, api: Api, catalog: &Catalog, named: Option<&str>) -> HttpResponse {
         let kind = match self.status.as_u16() {
             429 => FailKind::Overloaded,
             503 => FailKind::Unavailable,
             400..=499 => FailKind::BadRequest,
             _ => FailKind::RuntimeError,
         };
-        telemetry::count_failure(self.model.as_deref().unwrap_or(""), kind, 1);
+        let model = self
+            .model
+            .clone()
+            .or_else(|| named.and_then(|n| catalog.known_name(n)))
+            .unwrap_or_default();
+        telemetry::count_failure(&model, kind, 1);
         self.response(api)
     }
 }

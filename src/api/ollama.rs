@@ -325,8 +325,10 @@ async fn load_or_unload(
 
 pub async fn chat(state: web::Data<AppState>, payload: web::Payload) -> HttpResponse {
     let limit = state.catalog.config().server.max_body_bytes;
+    let mut named = None;
     let result = async {
         let req: ChatRequest = body::json(payload, limit).await?;
+        named = Some(req.model.clone());
         let keep_alive = req.keep_alive;
         if req.messages.is_empty() {
             return load_or_unload(&state, &req.model, keep_alive, Shape::Chat).await;
@@ -357,7 +359,7 @@ pub async fn chat(state: web::Data<AppState>, payload: web::Payload) -> HttpResp
             .collect();
         let (options, format) = (req.options, req.format);
         run(
-            state,
+            state.clone(),
             req.model,
             Shape::Chat,
             |served| {
@@ -373,13 +375,15 @@ pub async fn chat(state: web::Data<AppState>, payload: web::Payload) -> HttpResp
         .await
     }
     .await;
-    result.unwrap_or_else(|e| e.refuse(Api::Ollama))
+    result.unwrap_or_else(|e| e.refuse(Api::Ollama, &state.catalog, named.as_deref()))
 }
 
 pub async fn generate(state: web::Data<AppState>, payload: web::Payload) -> HttpResponse {
     let limit = state.catalog.config().server.max_body_bytes;
+    let mut named = None;
     let result = async {
         let req: GenerateRequest = body::json(payload, limit).await?;
+        named = Some(req.model.clone());
         let keep_alive = req.keep_alive;
         if req.prompt.is_empty() {
             return load_or_unload(&state, &req.model, keep_alive, Shape::Generate).await;
@@ -395,7 +399,7 @@ pub async fn generate(state: web::Data<AppState>, payload: web::Payload) -> Http
         let (prompt, system, raw, options, format) =
             (req.prompt, req.system, req.raw, req.options, req.format);
         run(
-            state,
+            state.clone(),
             req.model,
             Shape::Generate,
             |served| {
@@ -426,7 +430,7 @@ pub async fn generate(state: web::Data<AppState>, payload: web::Payload) -> Http
         .await
     }
     .await;
-    result.unwrap_or_else(|e| e.refuse(Api::Ollama))
+    result.unwrap_or_else(|e| e.refuse(Api::Ollama, &state.catalog, named.as_deref()))
 }
 
 fn details(s: &crate::catalog::Served) -> Value {

@@ -242,8 +242,10 @@ fn messages(msgs: Vec<Message>) -> Result<Vec<ChatMessage>, ApiError> {
 
 pub async fn chat(state: web::Data<AppState>, payload: web::Payload) -> HttpResponse {
     let limit = state.catalog.config().server.max_body_bytes;
+    let mut named = None;
     let result = async {
         let mut req: Common = body::json(payload, limit).await?;
+        named = Some(req.model.clone());
         let msgs = req
             .messages
             .take()
@@ -258,13 +260,15 @@ pub async fn chat(state: web::Data<AppState>, payload: web::Payload) -> HttpResp
         respond(&state, served, g, &req, Kind::Chat).await
     }
     .await;
-    result.unwrap_or_else(|e| e.refuse(Api::OpenAi))
+    result.unwrap_or_else(|e| e.refuse(Api::OpenAi, &state.catalog, named.as_deref()))
 }
 
 pub async fn completions(state: web::Data<AppState>, payload: web::Payload) -> HttpResponse {
     let limit = state.catalog.config().server.max_body_bytes;
+    let mut named = None;
     let result = async {
         let mut req: Common = body::json(payload, limit).await?;
+        named = Some(req.model.clone());
         let prompts = req
             .prompt
             .take()
@@ -285,7 +289,7 @@ pub async fn completions(state: web::Data<AppState>, payload: web::Payload) -> H
         respond(&state, served, g, &req, Kind::Text).await
     }
     .await;
-    result.unwrap_or_else(|e| e.refuse(Api::OpenAi))
+    result.unwrap_or_else(|e| e.refuse(Api::OpenAi, &state.catalog, named.as_deref()))
 }
 
 #[derive(Clone, Copy, PartialEq)]
