@@ -74,7 +74,7 @@ async fn every_dashboard_query_has_data() {
         .text()
         .await
         .expect("read /metrics");
-    promtool_check_metrics(&promtool_bin, &exposition);
+    common::promtool_check_metrics(&promtool_bin, &exposition);
 
     // Every panel, with the variables as "All" sets them and as one chosen model.
     let mut failures = Vec::new();
@@ -493,35 +493,6 @@ async fn wait_for_samples(client: &reqwest::Client, prom: &Prometheus, load_star
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-}
-
-/// `promtool check metrics` on the exposition: it must exit 0 and say nothing.
-fn promtool_check_metrics(promtool: &Path, exposition: &str) {
-    use std::io::Write;
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn promtool");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(exposition.as_bytes())
-        .expect("write to promtool");
-    let out = child.wait_with_output().expect("promtool");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && said.trim().is_empty(),
-        "promtool check metrics ({}): {said}\non:\n{exposition}",
-        out.status
-    );
 }
 
 /// The docker-compose setup's Prometheus configuration is one Prometheus accepts.

@@ -6,7 +6,6 @@ mod common;
 
 use common::{post_json, Server, SseLines};
 use serde_json::{json, Value};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The value of the sample `name{labels}` in an exposition, labels in any order.
@@ -190,30 +189,7 @@ async fn metrics_and_stats_account_for_every_request() {
     );
 
     // The exposition passes Prometheus' own linter.
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool: install Debian's prometheus package (scripts/install-deps does)");
-    use std::io::Write;
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    let complaints = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && complaints.trim().is_empty(),
-        "promtool check metrics: {complaints}"
-    );
+    common::promtool_check_metrics(std::path::Path::new("promtool"), &text);
 
     // Exact percentiles: the same requests, counted the same way.
     let stats: Value = reqwest::get(s.url("/v1/stats"))

@@ -87,14 +87,19 @@ fn overhead(step_ms: f64, clients: usize, per_client: usize) {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
+    print_row(step_ms, &clients.to_string(), started, &results);
+}
+
+/// One table row from every consumer's event count and latency histogram.
+fn print_row(step_ms: f64, consumers: &str, started: Instant, results: &[(u64, Histogram<u64>)]) {
     let secs = started.elapsed().as_secs_f64();
     let events: u64 = results.iter().map(|r| r.0).sum();
     let mut lat = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-    for (_, h) in &results {
+    for (_, h) in results {
         lat.add(h).unwrap();
     }
     println!(
-        "| {step_ms} ms | {clients} | {events} | {secs:.2} | {:.0} | {:.1} µs | {:.1} µs | {:.1} µs |",
+        "| {step_ms} ms | {consumers} | {events} | {secs:.2} | {:.0} | {:.1} µs | {:.1} µs | {:.1} µs |",
         events as f64 / secs,
         lat.value_at_quantile(0.5) as f64 / 1000.0,
         lat.value_at_quantile(0.99) as f64 / 1000.0,
@@ -155,18 +160,11 @@ fn overhead_async(step_ms: f64, clients: usize, per_client: usize) {
         }
         out
     });
-    let secs = started.elapsed().as_secs_f64();
-    let events: u64 = results.iter().map(|r| r.0).sum();
-    let mut lat = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-    for (_, h) in &results {
-        lat.add(h).unwrap();
-    }
-    println!(
-        "| {step_ms} ms | {clients} async tasks | {events} | {secs:.2} | {:.0} | {:.1} µs | {:.1} µs | {:.1} µs |",
-        events as f64 / secs,
-        lat.value_at_quantile(0.5) as f64 / 1000.0,
-        lat.value_at_quantile(0.99) as f64 / 1000.0,
-        lat.max() as f64 / 1000.0
+    print_row(
+        step_ms,
+        &format!("{clients} async tasks"),
+        started,
+        &results,
     );
 }
 

@@ -304,3 +304,32 @@ impl SseLines {
         }
     }
 }
+
+/// `promtool check metrics` on the exposition: it must exit 0 and say nothing.
+pub fn promtool_check_metrics(promtool: &Path, exposition: &str) {
+    use std::io::Write;
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool: install Debian's prometheus package (scripts/install-deps does)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics ({}): {said}\non:\n{exposition}",
+        out.status
+    );
+}
