@@ -39,9 +39,9 @@ fn request(model: &str, prompt: String, max_tokens: u32) -> Request {
     }
 }
 
-/// `step_ms` 0 saturates the scheduler (throughput); a realistic step leaves it idle between
-/// steps, so the latency is the scheduler's own cost per token, not a backlog.
-fn overhead(step_ms: f64, clients: usize, per_client: usize) {
+/// One instance of n_batch 8 on a synthetic profile with `step_ms` per decode step, no batch
+/// window: every request starts as soon as a slot is free.
+fn synthetic_scheduler(step_ms: f64) -> Scheduler {
     let profile = std::env::temp_dir().join(format!(
         "rkserve-bench-{}-{step_ms}.toml",
         std::process::id()
@@ -54,6 +54,13 @@ fn overhead(step_ms: f64, clients: usize, per_client: usize) {
     m.cpus = Some(vec![]);
     let s = Scheduler::new(vec![m]);
     assert!(s.wait_loaded(Duration::from_secs(30)));
+    s
+}
+
+/// `step_ms` 0 saturates the scheduler (throughput); a realistic step leaves it idle between
+/// steps, so the latency is the scheduler's own cost per token, not a backlog.
+fn overhead(step_ms: f64, clients: usize, per_client: usize) {
+    let s = synthetic_scheduler(step_ms);
     let tokens = if step_ms > 0.0 { 64u32 } else { 256 };
     let started = Instant::now();
     let results: Vec<(u64, Histogram<u64>)> = std::thread::scope(|scope| {
@@ -110,18 +117,7 @@ fn print_row(step_ms: f64, consumers: &str, started: Instant, results: &[(u64, H
 /// As the server consumes events: async tasks on a 2-worker tokio runtime (actix's default
 /// on this machine), not one parked OS thread per request.
 fn overhead_async(step_ms: f64, clients: usize, per_client: usize) {
-    let profile = std::env::temp_dir().join(format!(
-        "rkserve-bench-async-{}-{step_ms}.toml",
-        std::process::id()
-    ));
-    std::fs::write(&profile, format!("[timing]\ndecode_step_ms = {step_ms}\n")).unwrap();
-    let mut m = ModelConfig::new("zero", profile, lib());
-    m.n_batch = 8;
-    m.batch_window = Duration::ZERO;
-    m.max_queue = 10_000;
-    m.cpus = Some(vec![]);
-    let s = std::sync::Arc::new(Scheduler::new(vec![m]));
-    assert!(s.wait_loaded(Duration::from_secs(30)));
+    let s = std::sync::Arc::new(synthetic_scheduler(step_ms));
     let tokens = if step_ms > 0.0 { 64u32 } else { 256 };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
