@@ -106,18 +106,20 @@ pub struct Scheduler {
 }
 
 impl Default for Scheduler {
+    /// The scheduler crate's own defaults, so the two cannot drift apart.
     fn default() -> Self {
+        let m = scheduler::ModelConfig::new("", PathBuf::new(), PathBuf::new());
         Scheduler {
-            instances: 1,
-            n_batch: 8,
-            max_queue: 64,
-            max_queue_wait: Duration::from_secs(120),
-            batch_window: Duration::from_millis(5),
-            starvation_bound: Duration::from_secs(2),
-            stall_timeout: Duration::from_secs(30),
-            destroy_timeout: Duration::from_secs(5),
+            instances: m.instances,
+            n_batch: m.n_batch,
+            max_queue: m.max_queue,
+            max_queue_wait: m.max_queue_wait,
+            batch_window: m.batch_window,
+            starvation_bound: m.starvation_bound,
+            stall_timeout: m.stall_timeout,
+            destroy_timeout: m.destroy_timeout,
             cpus: vec![],
-            default_context_len: 4096,
+            default_context_len: m.context_len,
         }
     }
 }

@@ -36,8 +36,7 @@ impl Exporter {
         let gone: Vec<String> = {
             let mut seen = self.seen.lock();
             let gone = seen.difference(&now).cloned().collect();
-            seen.extend(now.iter().cloned());
-            seen.retain(|n| now.contains(n));
+            *seen = now;
             gone
         };
         telemetry::publish(

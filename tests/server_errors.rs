@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 /// A model whose context is small enough to overflow with a short prompt.
 const TINY: (&str, &str) = ("tiny", "[model]\ncontext_length = 64\n");
 
-/// Checks the OpenAI error shape and returns the inner error object.
+/// Checks what both APIs' errors share (status, a JSON body holding only `error`) and
+/// returns that `error`.
 #[track_caller]
-fn openai_error(r: &Reply, status: u16) -> &Map<String, Value> {
+fn error_field(r: &Reply, status: u16) -> &Value {
     assert_eq!(r.status, status, "{r:?}");
     assert!(
         r.header("content-type")
@@ -27,7 +28,13 @@ fn openai_error(r: &Reply, status: u16) -> &Map<String, Value> {
         .as_object()
         .unwrap_or_else(|| panic!("not a JSON object: {r:?}"));
     assert_eq!(top.len(), 1, "only `error` at the top level: {r:?}");
-    let e = top["error"]
+    &top["error"]
+}
+
+/// Checks the OpenAI error shape and returns the inner error object.
+#[track_caller]
+fn openai_error(r: &Reply, status: u16) -> &Map<String, Value> {
+    let e = error_field(r, status)
         .as_object()
         .unwrap_or_else(|| panic!("OpenAI errors are objects: {r:?}"));
     assert!(
@@ -50,19 +57,7 @@ fn openai_error(r: &Reply, status: u16) -> &Map<String, Value> {
 /// Checks the Ollama error shape and returns the message.
 #[track_caller]
 fn ollama_error(r: &Reply, status: u16) -> &str {
-    assert_eq!(r.status, status, "{r:?}");
-    assert!(
-        r.header("content-type")
-            .is_some_and(|c| c.starts_with("application/json")),
-        "errors are JSON: {:?}",
-        r.headers
-    );
-    let top = r
-        .json
-        .as_object()
-        .unwrap_or_else(|| panic!("not a JSON object: {r:?}"));
-    assert_eq!(top.len(), 1, "only `error` at the top level: {r:?}");
-    let m = top["error"]
+    let m = error_field(r, status)
         .as_str()
         .unwrap_or_else(|| panic!("Ollama errors are strings: {r:?}"));
     assert!(!m.is_empty());

@@ -202,13 +202,7 @@ async fn run(
     };
     let finish = {
         let state = state.clone();
-        move |name: &str| match &keep_alive {
-            Some(k) if k.is_zero() => {
-                state.catalog.unload(name);
-            }
-            Some(k) => state.catalog.keep_alive(name, k.duration()),
-            None => {}
-        }
+        move |name: &str| apply_keep_alive(&state.catalog, name, keep_alive.as_ref())
     };
     let name = generation.served.entry.name.clone();
     if !stream_out {
@@ -289,6 +283,18 @@ async fn run(
         .streaming(body))
 }
 
+/// What a request's keep_alive asks once it is done: 0 unloads the model now, a duration
+/// unloads it once idle that long, a negative value keeps it loaded; none changes nothing.
+fn apply_keep_alive(catalog: &crate::catalog::Catalog, name: &str, keep: Option<&KeepAlive>) {
+    match keep {
+        Some(k) if k.is_zero() => {
+            catalog.unload(name);
+        }
+        Some(k) => catalog.keep_alive(name, k.duration()),
+        None => {}
+    }
+}
+
 /// A request with no messages or prompt loads (or, with keep_alive 0, unloads) the model.
 async fn load_or_unload(
     state: &web::Data<AppState>,
@@ -297,19 +303,12 @@ async fn load_or_unload(
     shape: Shape,
 ) -> Result<HttpResponse, ApiError> {
     let served = state.catalog.resolve(model)?;
-    let reason = match keep_alive {
-        Some(k) if k.is_zero() => {
-            state.catalog.unload(&served.entry.name);
-            "unload"
-        }
-        keep => {
-            generate::ensure_loaded(state, &served).await?;
-            if let Some(k) = keep {
-                state.catalog.keep_alive(&served.entry.name, k.duration());
-            }
-            "load"
-        }
-    };
+    let unload = keep_alive.as_ref().is_some_and(KeepAlive::is_zero);
+    if !unload {
+        generate::ensure_loaded(state, &served).await?;
+    }
+    apply_keep_alive(&state.catalog, &served.entry.name, keep_alive.as_ref());
+    let reason = if unload { "unload" } else { "load" };
     let mut v = json!({
         "model": served.entry.name,
         "created_at": rfc3339(SystemTime::now()),
