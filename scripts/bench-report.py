@@ -71,8 +71,9 @@ def main():
         "",
         f"`scripts/bench-report` ({settings}), {datetime.date.today().isoformat()}, "
         f"{machine()}, CPU runtime, default model ({a['model']}), "
-        "`rkserve-loadtest` over the OpenAI chat API with streaming, greedy, long-form prompts "
-        "(`target/bench-report/prompts.txt`) so replies run to max_tokens. Closed loop: each "
+        "`rkserve-loadtest` over the OpenAI chat API with streaming, greedy, 48 different long-form "
+        "prompts (`target/bench-report/prompts.txt`) so replies run to max_tokens and no slot "
+        "is handed the prompt it just ran. Closed loop: each "
         "of N clients sends its next request when the previous one ends; 2 warm-up requests "
         "per level. (a) rkserve as configured by default (1 instance, n_batch 8); (b) one "
         "instance of n_batch 1, which is how every other RKLLM server works; (c) the CPU "
@@ -122,9 +123,11 @@ def main():
         r = ttft1 / prefill - 1
         lines.append(
             f"- TTFT p50 at 1 client {ttft1:.1f} ms against the runtime's own prefill of the "
-            f"same prompts {prefill:.1f} ms (median of `rkllm-run --runs 3`, first run left "
-            f"out): {r:+.1%} (target within 10%): {verdict(abs(r) <= 0.10)}. The difference "
-            "is HTTP, chat template, tokenizer and the scheduler's batch window (5 ms)."
+            f"same prompts {prefill:.1f} ms (median of `rkllm-run --one-at-a-time` over the "
+            "level's first 16 prompts in its order, so with the same prefix reuse; the cold "
+            f"first run left out): {r:+.1%} (target within 10%): {verdict(abs(r) <= 0.10)}. "
+            "The difference is HTTP, chat template, tokenizer and the scheduler's batch "
+            "window (5 ms)."
         )
     lines.append("")
     lines.append("Plots: [batched](bench-batched.svg), [unbatched](bench-unbatched.svg).")

@@ -27,7 +27,15 @@ fn policy(c: &mut Criterion) {
         })
         .collect();
     c.bench_function("policy: pick a batch of 8 from 64 waiting", |b| {
-        b.iter(|| p.decide(black_box(&queue), 8, t + Duration::from_millis(10), None))
+        b.iter(|| {
+            p.decide(
+                black_box(&queue),
+                8,
+                t + Duration::from_millis(10),
+                None,
+                None,
+            )
+        })
     });
 }
 

@@ -97,6 +97,53 @@ fn overhead(step_ms: f64, clients: usize, per_client: usize) {
     print_row(step_ms, &clients.to_string(), started, &results);
 }
 
+/// The floor under the 1 ms rows: the same fan-out with no scheduler, no runtime and no
+/// FFI. A thread stamps a step every `step_ms` and sends one event per consumer down the
+/// same kind of channel (tokio unbounded mpsc, `blocking_recv`); what the consumers measure
+/// is the OS waking a parked thread, which any consumer of any scheduler pays.
+fn floor(step_ms: f64, clients: usize, steps: usize) {
+    let mut txs = Vec::with_capacity(clients);
+    let mut rxs = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+        txs.push(tx);
+        rxs.push(rx);
+    }
+    let started = Instant::now();
+    let results: Vec<(u64, Histogram<u64>)> = std::thread::scope(|scope| {
+        let consumers: Vec<_> = rxs
+            .into_iter()
+            .map(|mut rx| {
+                scope.spawn(move || {
+                    let mut lat = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+                    let mut events = 0u64;
+                    while let Some((_, at)) = rx.blocking_recv() {
+                        events += 1;
+                        lat.saturating_record((at.elapsed().as_nanos() as u64).max(1));
+                    }
+                    (events, lat)
+                })
+            })
+            .collect();
+        let step = Duration::from_secs_f64(step_ms / 1000.0);
+        for _ in 0..steps {
+            std::thread::sleep(step);
+            let at = Instant::now();
+            for (i, tx) in txs.iter().enumerate() {
+                let _ = tx.send((format!("token {i}"), at));
+            }
+        }
+        txs.clear();
+        consumers.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    print_row(
+        step_ms,
+        &format!("{clients} (bare channel, no scheduler)"),
+        started,
+        &results,
+    );
+}
+
 /// One table row from every consumer's event count and latency histogram.
 fn print_row(step_ms: f64, consumers: &str, started: Instant, results: &[(u64, Histogram<u64>)]) {
     let secs = started.elapsed().as_secs_f64();
@@ -259,6 +306,7 @@ fn main() {
     overhead(0.0, 8, 64);
     overhead(0.0, 64, 8);
     overhead(1.0, 8, 8);
+    floor(1.0, 8, 512);
     overhead_async(0.0, 64, 8);
     overhead_async(1.0, 8, 8);
     if std::env::var_os("SKIP_MODEL").is_none() {

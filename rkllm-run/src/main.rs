@@ -46,6 +46,11 @@ struct Args {
     /// first run of a process pays for warming caches, so timings come from the later ones.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
+    /// Run the prompts one after another, each alone in a run, on one handle (n_batch 1
+    /// unless given): how a server with one client sends them, and what a runtime's prefix
+    /// reuse sees.
+    #[arg(long)]
+    one_at_a_time: bool,
 }
 
 fn main() -> ExitCode {
@@ -65,8 +70,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     )?;
     let rt = Runtime::load(&lib, args.abi)?;
     let n_prompts = args.prompts.len();
-    let n_batch = args.n_batch.unwrap_or(n_prompts.min(8) as u8);
-    if n_prompts > n_batch as usize {
+    let per_run = if args.one_at_a_time { 1 } else { n_prompts };
+    let n_batch = args.n_batch.unwrap_or(per_run.min(8) as u8);
+    if per_run > n_batch as usize {
         return Err(
             format!("{n_prompts} prompts do not fit in n_batch {n_batch} (at most 8)").into(),
         );
@@ -101,14 +107,25 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if args.raw {
         handle.set_chat_template("", "", "")?;
     }
-    let inputs: Vec<Input> = args.prompts.iter().map(Input::prompt).collect();
-    for run in 1..=args.runs {
-        // Only the first run is shown; the others are for their timings.
-        let show = run == 1;
+    let batches: Vec<(usize, Vec<Input>)> = if args.one_at_a_time {
+        (0..n_prompts)
+            .map(|i| (i, vec![Input::prompt(&args.prompts[i])]))
+            .collect()
+    } else {
+        vec![(0, args.prompts.iter().map(Input::prompt).collect())]
+    };
+    let total = args.runs as usize * batches.len();
+    for (run, (first_prompt, inputs)) in (1..=total).zip(batches.iter().cycle()) {
+        let (first_prompt, n_prompts) = (*first_prompt, inputs.len());
+        // Only the first pass is shown; the others are for their timings.
+        let show = run <= batches.len();
         let stream = show && n_prompts == 1;
+        if stream && batches.len() > 1 {
+            println!("--- {}", args.prompts[first_prompt]);
+        }
         let mut texts = vec![Vec::<u8>::new(); n_batch as usize];
         let mut perf = Vec::new();
-        let outcome = handle.run(&inputs, &InferParams::default(), |step| {
+        let outcome = handle.run(inputs, &InferParams::default(), |step| {
             if step.state() == StepState::Finish {
                 perf = step.slots().map(|s| s.perf).collect();
                 return Flow::Continue;
@@ -129,12 +146,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             println!();
         } else if show {
             for (i, t) in texts.iter().enumerate().take(n_prompts) {
-                println!("--- slot {i}: {}", args.prompts[i]);
+                println!("--- slot {i}: {}", args.prompts[first_prompt + i]);
                 println!("{}", String::from_utf8_lossy(t));
             }
         }
-        let label = if args.runs > 1 {
-            format!("run {run}/{}", args.runs)
+        let label = if total > 1 {
+            format!("run {run}/{total}")
         } else {
             "run".to_string()
         };

@@ -21,7 +21,8 @@ pub struct ModelConfig {
     pub max_queue: usize,
     /// A request still waiting after this fails instead of waiting on.
     pub max_queue_wait: Duration,
-    /// How long a free instance may wait for more compatible requests to fill its slots.
+    /// How long a free instance may wait for more compatible requests to fill its slots,
+    /// from the later of the oldest request's arrival and the instance becoming free.
     pub batch_window: Duration,
     /// After this wait the oldest request goes next, whatever the instance would prefer.
     pub starvation_bound: Duration,

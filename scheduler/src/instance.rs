@@ -157,6 +157,7 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
     model.instance_ready();
 
     let per_handle_sampling = cfg.abi == AbiFamily::V1_2;
+    let mut free_since = None;
     loop {
         let preferred = per_handle_sampling.then_some(handle_key);
         let batch = take_batch(
@@ -165,6 +166,7 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
             cfg.n_batch as usize,
             cfg.max_queue_wait,
             preferred,
+            free_since,
             || {
                 shared.stopping()
                     || model.unloading.load(Ordering::Acquire)
@@ -197,6 +199,7 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
             }
         }
         run_batch(&model, &inst, &mut handle, sampling, members, generation);
+        free_since = Some(Instant::now());
         if !inst.current(generation) {
             // Replaced while stuck: the new thread owns the instance now.
             std::thread::spawn(move || handle.destroy());

@@ -2,7 +2,11 @@
 //!
 //! An instance that becomes free takes the oldest waiting request and fills its other slots
 //! with requests of the same [`BatchKey`] in arrival order. If that leaves slots empty it may
-//! wait for more, but never longer than `batch_window` after the oldest member arrived. On
+//! wait for more, but never longer than `batch_window` after the oldest member arrived or the
+//! instance became free, whichever is later. The second matters: the clients of the run that
+//! just ended send their next requests a few milliseconds after it, and a request that waited
+//! through that run must not start alone without them. Otherwise the clients split into
+//! groups that take turns, each waiting out the other's whole run. On
 //! ABI 1.2 (sampling fixed per handle) an instance prefers requests matching its current
 //! sampling, to avoid re-initialising, until the oldest request has waited `starvation_bound`.
 
@@ -39,6 +43,7 @@ impl Policy {
         n_batch: usize,
         now: Instant,
         preferred: Option<BatchKey>,
+        free_since: Option<Instant>,
     ) -> Decision {
         let Some(oldest) = queue.first() else {
             return Decision::Idle;
@@ -56,7 +61,8 @@ impl Policy {
             .take(n_batch)
             .collect();
         let first_arrival = queue[members[0]].arrival;
-        let deadline = first_arrival + self.batch_window;
+        let window_opens = free_since.map_or(first_arrival, |f| f.max(first_arrival));
+        let deadline = window_opens + self.batch_window;
         if members.len() < n_batch && now < deadline {
             Decision::WaitUntil(deadline)
         } else {
@@ -107,7 +113,7 @@ mod tests {
                 arrival: t + 3 * MS,
             },
         ];
-        let d = policy().decide(&q, 4, t + 10 * MS, None);
+        let d = policy().decide(&q, 4, t + 10 * MS, None, None);
         assert_eq!(d, Decision::Run(vec![0, 2]));
     }
 
@@ -121,7 +127,7 @@ mod tests {
             })
             .collect();
         assert_eq!(
-            policy().decide(&q, 4, t, None),
+            policy().decide(&q, 4, t, None, None),
             Decision::Run(vec![0, 1, 2, 3])
         );
     }
@@ -134,17 +140,17 @@ mod tests {
             arrival: t,
         }];
         assert_eq!(
-            policy().decide(&q, 4, t + MS, None),
+            policy().decide(&q, 4, t + MS, None, None),
             Decision::WaitUntil(t + 5 * MS)
         );
         assert_eq!(
-            policy().decide(&q, 4, t + 5 * MS, None),
+            policy().decide(&q, 4, t + 5 * MS, None, None),
             Decision::Run(vec![0])
         );
         // A full batch never waits.
         let q4 = [q[0]; 4];
         assert_eq!(
-            policy().decide(&q4, 4, t, None),
+            policy().decide(&q4, 4, t, None, None),
             Decision::Run(vec![0, 1, 2, 3])
         );
         // A zero window runs at once.
@@ -152,7 +158,41 @@ mod tests {
             batch_window: Duration::ZERO,
             ..policy()
         };
-        assert_eq!(p.decide(&q, 4, t, None), Decision::Run(vec![0]));
+        assert_eq!(p.decide(&q, 4, t, None, None), Decision::Run(vec![0]));
+    }
+
+    #[test]
+    fn a_request_that_waited_through_a_run_waits_the_window_for_its_clients() {
+        let t = Instant::now();
+        let q = [Waiting {
+            key: key(0.5),
+            arrival: t,
+        }];
+        // It arrived during a 2 s run; the instance is free at t + 2 s. The run's clients
+        // come back within the window and join it.
+        let free = t + 2000 * MS;
+        assert_eq!(
+            policy().decide(&q, 4, free + MS, None, Some(free)),
+            Decision::WaitUntil(free + 5 * MS)
+        );
+        assert_eq!(
+            policy().decide(&q, 4, free + 5 * MS, None, Some(free)),
+            Decision::Run(vec![0])
+        );
+        // A full batch still starts at once.
+        assert_eq!(
+            policy().decide(&[q[0]; 4], 4, free, None, Some(free)),
+            Decision::Run(vec![0, 1, 2, 3])
+        );
+        // An instance idle for long changes nothing for a new arrival.
+        let q = [Waiting {
+            key: key(0.5),
+            arrival: free + 100 * MS,
+        }];
+        assert_eq!(
+            policy().decide(&q, 4, free + 101 * MS, None, Some(free)),
+            Decision::WaitUntil(free + 105 * MS)
+        );
     }
 
     #[test]
@@ -171,17 +211,17 @@ mod tests {
         let p = policy();
         // Before the bound the instance keeps its own sampling...
         assert_eq!(
-            p.decide(&q, 1, t + 50 * MS, Some(key(0.5))),
+            p.decide(&q, 1, t + 50 * MS, Some(key(0.5)), None),
             Decision::Run(vec![1])
         );
         // ...after it, the oldest goes first whatever it costs.
         assert_eq!(
-            p.decide(&q, 1, t + 100 * MS, Some(key(0.5))),
+            p.decide(&q, 1, t + 100 * MS, Some(key(0.5)), None),
             Decision::Run(vec![0])
         );
         // A preference nobody shares changes nothing.
         assert_eq!(
-            p.decide(&q, 1, t + MS, Some(key(0.1))),
+            p.decide(&q, 1, t + MS, Some(key(0.1)), None),
             Decision::Run(vec![0])
         );
     }
@@ -189,7 +229,7 @@ mod tests {
     #[test]
     fn empty_queue_is_idle() {
         assert_eq!(
-            policy().decide(&[], 8, Instant::now(), None),
+            policy().decide(&[], 8, Instant::now(), None, None),
             Decision::Idle
         );
     }

@@ -102,6 +102,7 @@ pub fn take_batch(
     n_batch: usize,
     max_wait: Duration,
     preferred: Option<BatchKey>,
+    free_since: Option<Instant>,
     stop: impl Fn() -> bool,
 ) -> Option<(BatchKey, Vec<Pending>)> {
     let mut waiting = queue.waiting.lock();
@@ -117,7 +118,7 @@ pub fn take_batch(
             key: p.key,
             arrival: p.req.arrival,
         }));
-        match policy.decide(&view, n_batch, now, preferred) {
+        match policy.decide(&view, n_batch, now, preferred, free_since) {
             Decision::Run(slots) => {
                 let key = view[slots[0]].key;
                 let mut members: Vec<Pending> = slots

@@ -137,6 +137,37 @@ fn the_batch_window_gathers_late_arrivals_and_is_bounded() {
 }
 
 #[test]
+fn a_request_that_waited_through_a_run_starts_with_that_runs_returning_clients() {
+    let mut m = model("m", SLOW, 4);
+    m.batch_window = Duration::from_millis(50);
+    let s = start(vec![m]);
+    let first: Vec<_> = (0..3)
+        .map(|i| s.submit(req("m", &format!("client {i}"), 10)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    // A fourth client arrives while the three run, and waits for the instance.
+    let late = s.submit(req("m", "late client", 3)).unwrap();
+    // The three read their replies to the end and, as closed-loop clients do, send their
+    // next requests a moment later.
+    let next: Vec<_> = first
+        .into_iter()
+        .map(|st| {
+            collect(st);
+            std::thread::sleep(Duration::from_millis(5));
+            s.submit(req("m", "next turn", 3)).unwrap()
+        })
+        .collect();
+    let late_first = collect(late).3;
+    for st in next {
+        assert_eq!(
+            collect(st).3,
+            late_first,
+            "the waiting request and the returning clients share one run"
+        );
+    }
+}
+
+#[test]
 fn each_request_stops_at_its_own_max_tokens_and_stop_sequence() {
     let s = start(vec![model("m", "[timing]\ndecode_step_ms = 1.0\n", 4)]);
     let (reference, _, _, _) = collect(s.submit(req("m", "shared prompt", 20)).unwrap());

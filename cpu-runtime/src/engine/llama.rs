@@ -1,6 +1,14 @@
 //! The llama.cpp engine: a GGUF model, `n_batch` llama.cpp sequences in one context, decoded
 //! together in one forward pass per step. Each sequence has its own KV stream of
 //! `max_context_len` cells (non-unified KV), so slots never see each other's tokens.
+//!
+//! Prefix reuse: a run without `keep_history` leaves its tokens in the slot's KV cells, and the
+//! slot's next prompt skips prefilling the part it shares with them (the chat template's
+//! system message, an earlier turn of the same conversation), as llama.cpp's server does with
+//! `cache_prompt`. Outputs are unchanged (the same tokens at the same positions have the same
+//! keys and values); only prefill time and the perf stats' `prefill_tokens` drop. Rockchip's
+//! runtime does not do this, so `RKLLM_CPU_PREFIX_REUSE=0` turns it off to time prefill as an
+//! NPU would.
 
 use crate::engine::{Backend, EngineError, Sampled};
 use crate::request::{RunRequest, SlotInput};
@@ -86,6 +94,9 @@ struct Slot {
     pending: Vec<LlamaToken>,
     /// Tokens of the system prompt at the start of `tokens`.
     system_len: usize,
+    /// Tokens of an ended run still in this slot's KV cells (empty while `tokens` is not):
+    /// not history, only a prefix the next prompt may start from.
+    reusable: Vec<LlamaToken>,
     sampler: Option<LlamaSampler>,
     /// Index of this slot's logits in the last decoded batch.
     logits: i32,
@@ -108,6 +119,24 @@ pub struct LlamaEngine<'m> {
     cache: Option<PromptCache>,
     save_cache: Option<PathBuf>,
     skip_special: bool,
+    reuse_prefix: bool,
+    /// A decode failed during this run: the KV cells may not match the slots' tokens.
+    dirty: bool,
+}
+
+fn prefix_reuse_enabled() -> bool {
+    std::env::var_os("RKLLM_CPU_PREFIX_REUSE").is_none_or(|v| v != "0")
+}
+
+/// How many leading tokens `prompt` shares with `cached`, leaving at least one prompt token to
+/// decode (its logits start the reply).
+fn common_prefix(cached: &[LlamaToken], prompt: &[LlamaToken]) -> usize {
+    cached
+        .iter()
+        .zip(prompt)
+        .take_while(|(a, b)| a == b)
+        .count()
+        .min(prompt.len().saturating_sub(1))
 }
 
 fn seed() -> u32 {
@@ -233,6 +262,8 @@ impl<'m> LlamaEngine<'m> {
             cache: None,
             save_cache: None,
             skip_special: true,
+            reuse_prefix: prefix_reuse_enabled(),
+            dirty: false,
         })
     }
 
@@ -246,27 +277,41 @@ impl<'m> LlamaEngine<'m> {
     fn clear_slot(&mut self, i: usize) {
         let _ = self.ctx.clear_kv_cache_seq(Some(i as u32), None, None);
         self.slots[i].tokens.clear();
+        self.slots[i].reusable.clear();
         self.slots[i].system_len = 0;
     }
 
     fn decode_batch(&mut self) -> Result<(), EngineError> {
-        self.ctx
-            .decode(&mut self.batch)
-            .map_err(|e| EngineError::Decode(e.to_string()))
+        self.ctx.decode(&mut self.batch).map_err(|e| {
+            self.dirty = true;
+            EngineError::Decode(e.to_string())
+        })
+    }
+
+    /// Starts slot `i` from what its last run left in its KV cells, keeping the part `prompt`
+    /// shares. Returns how many prompt tokens that saves.
+    fn reuse_own_prefix(&mut self, i: usize, prompt: &[LlamaToken]) -> usize {
+        let reusable = std::mem::take(&mut self.slots[i].reusable);
+        let common = common_prefix(&reusable, prompt);
+        // Also drops cells an aborted prefill wrote past the slot's known tokens.
+        if common == 0
+            || self
+                .ctx
+                .kv_cache_seq_rm(i as i32, Some(common as u32), None)
+                .is_err()
+        {
+            self.clear_slot(i);
+            return 0;
+        }
+        self.slots[i].tokens = prompt[..common].to_vec();
+        common
     }
 
     /// Starts slot `i` from the loaded prompt cache if it shares a prefix with `prompt`.
     /// Returns how many prompt tokens that saves.
     fn reuse_prompt_cache(&mut self, i: usize, prompt: &[LlamaToken]) -> usize {
         let Some(cache) = &self.cache else { return 0 };
-        let common = cache
-            .tokens
-            .iter()
-            .zip(prompt)
-            .take_while(|(a, b)| a == b)
-            .count()
-            // At least one token must be decoded to get logits.
-            .min(prompt.len().saturating_sub(1));
+        let common = common_prefix(&cache.tokens, prompt);
         if common == 0 || self.ctx.state_seq_set(&cache.state, i as i32).is_err() {
             return 0;
         }
@@ -362,8 +407,19 @@ impl Backend for LlamaEngine<'_> {
                 continue;
             };
             let continuing = req.keep_history && !self.slots[i].tokens.is_empty();
+            let own = if self.reuse_prefix {
+                common_prefix(&self.slots[i].reusable, &tokens)
+            } else {
+                0
+            };
+            let from_file = self
+                .cache
+                .as_ref()
+                .map_or(0, |c| common_prefix(&c.tokens, &tokens));
             let reused = if continuing {
                 0
+            } else if own > 0 && own >= from_file {
+                self.reuse_own_prefix(i, &tokens)
             } else {
                 self.clear_slot(i);
                 self.reuse_prompt_cache(i, &tokens)
@@ -492,10 +548,17 @@ impl Backend for LlamaEngine<'_> {
             self.decode(&fits)
         } else {
             for &i in &busy {
-                self.clear_slot(i);
+                if self.reuse_prefix && !self.dirty {
+                    let slot = &mut self.slots[i];
+                    slot.reusable = std::mem::take(&mut slot.tokens);
+                    slot.system_len = 0;
+                } else {
+                    self.clear_slot(i);
+                }
             }
             Ok(())
         };
+        self.dirty = false;
         for &i in &busy {
             self.slots[i].sampler = None;
             self.slots[i].pending.clear();
@@ -585,6 +648,7 @@ impl Backend for LlamaEngine<'_> {
         }
         // Load through the last slot, keeping whatever that slot held.
         let scratch = self.slots.len() - 1;
+        self.slots[scratch].reusable.clear();
         let flags = LlamaStateSeqFlags::empty();
         let backup = if self.slots[scratch].tokens.is_empty() {
             None

@@ -382,9 +382,43 @@ macro_rules! conformance_suite {
             assert!(reduced < full / 2, "prefilled {reduced} of {full} tokens with the cache loaded");
             assert_eq!(cached.text(0), plain.text(0), "the cache must not change the answer");
             h.release_prompt_cache().unwrap();
+            // Cleared, so the slot's own leftovers cannot stand in for the released cache.
+            h.clear_kv_cache(false, None).unwrap();
             let (_, again) = record(&mut h, &[Input::prompt(p2)], &InferParams::default());
             assert_eq!(again.finish().slots[0].perf.prefill_tokens, full);
             assert!(h.load_prompt_cache(&dir.join("missing.cache")).is_err());
+        }
+
+        #[test]
+        fn each_slot_reuses_the_prefix_its_last_run_left_and_answers_the_same() {
+            let _g = serial();
+            let system = "<|im_start|>system\nYou are a terse assistant who answers in one short sentence about geography and nothing else.<|im_end|>\n";
+            let ask = |q: &str| Input::prompt(format!("{system}{}", chatml(q)));
+            let (italy, spain) = ("What is the capital of Italy?", "What is the capital of Spain?");
+            // Cold answers, each from a fresh handle.
+            let cold = |q: &str| {
+                let mut h = model_handle(FAMILY, 1, 10);
+                let (_, r) = record(&mut h, &[ask(q)], &InferParams::default());
+                (r.text(0), r.finish().slots[0].perf.prefill_tokens)
+            };
+            let ((spain_text, full), (italy_text, _)) = (cold(spain), cold(italy));
+
+            let mut h = model_handle(FAMILY, 2, 10);
+            record(&mut h, &[ask(italy), ask(spain)], &InferParams::default());
+            assert_eq!(h.kv_cache_sizes().unwrap(), vec![0, 0], "no history is kept");
+            // Swapped: each slot shares only the system message with its last prompt.
+            let (_, warm) = record(&mut h, &[ask(spain), ask(italy)], &InferParams::default());
+            let perf = warm.finish().slots.iter().map(|s| s.perf.prefill_tokens).collect::<Vec<_>>();
+            assert!(perf.iter().all(|&p| p > 1 && p < full / 2), "prefilled {perf:?} of {full}");
+            assert_eq!((warm.text(0), warm.text(1)), (spain_text.clone(), italy_text));
+            // The same prompt again prefills only its last token.
+            let (_, same) = record(&mut h, &[ask(spain), Input::tokens(vec![])], &InferParams::default());
+            assert_eq!(same.finish().slots[0].perf.prefill_tokens, 1);
+            assert_eq!(same.text(0), spain_text);
+            // clear_kv_cache forgets it.
+            h.clear_kv_cache(false, None).unwrap();
+            let (_, cleared) = record(&mut h, &[ask(spain), Input::tokens(vec![])], &InferParams::default());
+            assert_eq!(cleared.finish().slots[0].perf.prefill_tokens, full);
         }
 
         #[test]
