@@ -84,7 +84,9 @@ def main():
     ]
     for n in sorted(la):
         x, y = la[n], lb.get(n)
-        ratio = f"{x['output_tokens_per_second'] / y['output_tokens_per_second']:.2f}x" if y else "-"
+        if not y:
+            continue
+        ratio = f"{x['output_tokens_per_second'] / y['output_tokens_per_second']:.2f}x"
         vs_ceiling = f"{x['output_tokens_per_second'] / c8:.0%}" if c8 else "-"
         per_reply = x["output_tokens"] / max(x["completed"], 1)
         lines.append(

@@ -288,17 +288,15 @@ impl<'m> LlamaEngine<'m> {
         })
     }
 
-    /// Starts slot `i` from what its last run left in its KV cells, keeping the part `prompt`
-    /// shares. Returns how many prompt tokens that saves.
-    fn reuse_own_prefix(&mut self, i: usize, prompt: &[LlamaToken]) -> usize {
-        let reusable = std::mem::take(&mut self.slots[i].reusable);
-        let common = common_prefix(&reusable, prompt);
+    /// Starts slot `i` from what its last run left in its KV cells, keeping the first `common`
+    /// tokens, which `prompt` shares with them. Returns how many prompt tokens that saves.
+    fn reuse_own_prefix(&mut self, i: usize, prompt: &[LlamaToken], common: usize) -> usize {
+        self.slots[i].reusable.clear();
         // Also drops cells an aborted prefill wrote past the slot's known tokens.
-        if common == 0
-            || self
-                .ctx
-                .kv_cache_seq_rm(i as i32, Some(common as u32), None)
-                .is_err()
+        if self
+            .ctx
+            .kv_cache_seq_rm(i as i32, Some(common as u32), None)
+            .is_err()
         {
             self.clear_slot(i);
             return 0;
@@ -307,11 +305,10 @@ impl<'m> LlamaEngine<'m> {
         common
     }
 
-    /// Starts slot `i` from the loaded prompt cache if it shares a prefix with `prompt`.
-    /// Returns how many prompt tokens that saves.
-    fn reuse_prompt_cache(&mut self, i: usize, prompt: &[LlamaToken]) -> usize {
+    /// Starts slot `i` from the loaded prompt cache, keeping the first `common` tokens, which
+    /// `prompt` shares with it. Returns how many prompt tokens that saves.
+    fn reuse_prompt_cache(&mut self, i: usize, prompt: &[LlamaToken], common: usize) -> usize {
         let Some(cache) = &self.cache else { return 0 };
-        let common = common_prefix(&cache.tokens, prompt);
         if common == 0 || self.ctx.state_seq_set(&cache.state, i as i32).is_err() {
             return 0;
         }
@@ -419,10 +416,10 @@ impl Backend for LlamaEngine<'_> {
             let reused = if continuing {
                 0
             } else if own > 0 && own >= from_file {
-                self.reuse_own_prefix(i, &tokens)
+                self.reuse_own_prefix(i, &tokens, own)
             } else {
                 self.clear_slot(i);
-                self.reuse_prompt_cache(i, &tokens)
+                self.reuse_prompt_cache(i, &tokens, from_file)
             };
             let slot = &mut self.slots[i];
             slot.pending = tokens[reused..].to_vec();

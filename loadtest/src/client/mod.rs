@@ -28,6 +28,17 @@ pub struct Chunk {
     pub completion_tokens: Option<u64>,
 }
 
+/// Puts the prompt where both APIs take it for `endpoint`: one user message for chat, the
+/// bare text for completions.
+pub fn set_prompt(body: &mut Value, endpoint: Endpoint, prompt: &str) {
+    match endpoint {
+        Endpoint::Chat => {
+            body["messages"] = serde_json::json!([{"role": "user", "content": prompt}])
+        }
+        Endpoint::Completions => body["prompt"] = serde_json::json!(prompt),
+    }
+}
+
 /// The message of an error body in any of the shapes servers use (OpenAI `error.message`,
 /// Ollama `error`, FastAPI `detail`, plain `message`), else the body itself, shortened.
 pub fn error_text(body: &str) -> String {

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use super::{error_text, Chunk};
+use super::{error_text, set_prompt, Chunk};
 use crate::cli::Endpoint;
 
 pub fn path(endpoint: Endpoint) -> &'static str {
@@ -24,10 +24,7 @@ pub fn body(
         "stream": true,
         "options": {"num_predict": max_tokens, "temperature": temperature},
     });
-    match endpoint {
-        Endpoint::Chat => body["messages"] = json!([{"role": "user", "content": prompt}]),
-        Endpoint::Completions => body["prompt"] = json!(prompt),
-    }
+    set_prompt(&mut body, endpoint, prompt);
     body
 }
 
