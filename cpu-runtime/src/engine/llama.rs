@@ -404,22 +404,24 @@ impl Backend for LlamaEngine<'_> {
                 continue;
             };
             let continuing = req.keep_history && !self.slots[i].tokens.is_empty();
-            let own = if self.reuse_prefix {
-                common_prefix(&self.slots[i].reusable, &tokens)
-            } else {
-                0
-            };
-            let from_file = self
-                .cache
-                .as_ref()
-                .map_or(0, |c| common_prefix(&c.tokens, &tokens));
             let reused = if continuing {
                 0
-            } else if own > 0 && own >= from_file {
-                self.reuse_own_prefix(i, &tokens, own)
             } else {
-                self.clear_slot(i);
-                self.reuse_prompt_cache(i, &tokens, from_file)
+                let own = if self.reuse_prefix {
+                    common_prefix(&self.slots[i].reusable, &tokens)
+                } else {
+                    0
+                };
+                let from_file = self
+                    .cache
+                    .as_ref()
+                    .map_or(0, |c| common_prefix(&c.tokens, &tokens));
+                if own > 0 && own >= from_file {
+                    self.reuse_own_prefix(i, &tokens, own)
+                } else {
+                    self.clear_slot(i);
+                    self.reuse_prompt_cache(i, &tokens, from_file)
+                }
             };
             let slot = &mut self.slots[i];
             slot.pending = tokens[reused..].to_vec();
