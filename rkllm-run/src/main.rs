@@ -127,9 +127,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let mut perf = Vec::new();
         let outcome = handle.run(inputs, &InferParams::default(), |step| {
             if step.state() == StepState::Finish {
-                perf = step.slots().map(|s| s.perf).collect();
+                // FINISH carries result 0 only; per-slot stats are those of the last step.
                 return Flow::Continue;
             }
+            perf = step.slots().map(|s| s.perf).collect();
             for (i, slot) in step.slots().enumerate() {
                 if let Some(t) = slot.text {
                     texts[i].extend_from_slice(t);

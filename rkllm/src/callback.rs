@@ -119,11 +119,20 @@ impl<'f> CallbackCtx<'f> {
     }
 }
 
+/// How many results a callback in `state` may be read for: every slot's on a decode step, and
+/// only the first (perf stats) at FINISH and ERROR, whose array may hold just one.
+pub(crate) fn results_in(state: StepState, n_batch: usize) -> usize {
+    match state {
+        StepState::Normal | StepState::Waiting => n_batch,
+        StepState::Finish | StepState::Error => n_batch.min(1),
+    }
+}
+
 /// The `LLMResultCallback` handed to the runtime.
 ///
 /// # Safety
 /// `userdata` must be the `CallbackCtx` of the run in progress, and `result` NULL or an array
-/// of `n_batch` results, as the RKLLM API promises.
+/// of `n_batch` results on NORMAL/WAITING steps and of at least one at FINISH/ERROR.
 pub(crate) unsafe extern "C" fn trampoline(
     result: *mut RKLLMResult,
     userdata: *mut c_void,
@@ -135,13 +144,16 @@ pub(crate) unsafe extern "C" fn trampoline(
     // SAFETY: per this function's contract, userdata is the live CallbackCtx of this run,
     // and the runtime calls back from one thread at a time.
     let ctx = unsafe { &mut *(userdata as *mut CallbackCtx<'_>) };
+    let state = StepState::from_c(state);
     let results: &[RKLLMResult] = if result.is_null() {
         &[]
     } else {
-        // SAFETY: the runtime passes an array of n_batch results, valid during the callback.
-        unsafe { std::slice::from_raw_parts(result, ctx.n_batch) }
+        // SAFETY: the runtime passes a result array valid during the callback. Its length is
+        // known only for decode steps (NORMAL, WAITING: n_batch results, one per slot); at
+        // FINISH and ERROR the one public encoding passes a single result carrying the perf
+        // stats, so only result 0 is read there, which is safe under either encoding.
+        unsafe { std::slice::from_raw_parts(result, results_in(state, ctx.n_batch)) }
     };
-    let state = StepState::from_c(state);
     match state {
         StepState::Finish => ctx.saw_finish = true,
         StepState::Error => ctx.saw_error = true,
@@ -163,5 +175,49 @@ pub(crate) unsafe extern "C" fn trampoline(
             ctx.panic = Some(msg);
             callback_return::PAUSE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abi::call_state;
+
+    /// Calls the trampoline as a runtime would and returns how many results each step showed.
+    fn lens_seen(calls: &mut [(c_int, Vec<RKLLMResult>)], n_batch: usize) -> Vec<usize> {
+        let mut seen = Vec::new();
+        {
+            let on_step: Box<StepFn<'_>> = Box::new(|s: &Step<'_>| {
+                seen.push(s.len());
+                Flow::Continue
+            });
+            let mut ctx = CallbackCtx::new(n_batch, on_step);
+            for (state, results) in calls.iter_mut() {
+                let ptr = if results.is_empty() {
+                    std::ptr::null_mut()
+                } else {
+                    results.as_mut_ptr()
+                };
+                // SAFETY: ctx outlives the call; each array holds what the runtime's encoding
+                // passes for its state (n_batch results per decode step, one at FINISH/ERROR).
+                unsafe { trampoline(ptr, &mut ctx as *mut CallbackCtx<'_> as *mut c_void, *state) };
+            }
+        }
+        seen
+    }
+
+    /// The public encoding of a batched run: n_batch results per decode step, then a FINISH
+    /// whose array holds a single result. Reading n_batch there would read past it.
+    #[test]
+    fn finish_and_error_read_only_result_zero() {
+        let r = || RKLLMResult::EMPTY;
+        let mut calls = vec![
+            (call_state::NORMAL, (0..8).map(|_| r()).collect()),
+            (call_state::WAITING, (0..8).map(|_| r()).collect()),
+            (call_state::FINISH, vec![r()]),
+            (call_state::ERROR, vec![r()]),
+            (call_state::FINISH, vec![]),
+        ];
+        assert_eq!(lens_seen(&mut calls, 8), vec![8, 8, 1, 1, 0]);
     }
 }

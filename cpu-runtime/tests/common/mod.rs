@@ -129,6 +129,21 @@ impl Recording {
             .count()
     }
 
+    fn decode_steps(&self) -> impl Iterator<Item = &StepRecord> {
+        self.steps
+            .iter()
+            .filter(|s| matches!(s.state, StepState::Normal | StepState::Waiting))
+    }
+
+    /// A slot's perf stats as of its last decode step: FINISH carries result 0 only.
+    pub fn slot_perf(&self, slot: usize) -> rkllm::abi::RKLLMPerfStat {
+        self.decode_steps()
+            .last()
+            .expect("a decode step")
+            .slots[slot]
+            .perf
+    }
+
     pub fn finish(&self) -> &StepRecord {
         self.steps
             .iter()
@@ -148,12 +163,14 @@ impl Recording {
             StepState::Finish,
             "FINISH is last"
         );
-        for step in &self.steps {
+        for step in self.decode_steps() {
             assert_eq!(step.slots.len(), n_batch, "every step reports every slot");
         }
+        // Only result 0 (the perf stats) is read at FINISH, as the public encoding passes one.
+        assert_eq!(self.finish().slots.len(), n_batch.min(1));
         for slot in 0..n_batch {
             let mut finished = false;
-            for step in &self.steps {
+            for step in self.decode_steps() {
                 let r = &step.slots[slot];
                 if finished {
                     assert!(
@@ -252,8 +269,9 @@ macro_rules! conformance_suite {
             assert!(short < long, "slot 0 ({short} tokens) should end before slot 1 ({long})");
             assert_eq!(long, 40, "slot 1 runs to max_new_tokens");
             let finish = rec.finish();
-            assert_eq!(finish.slots[1].perf.generate_tokens, 40);
+            assert_eq!(rec.slot_perf(1).generate_tokens, 40);
             assert!(finish.slots[0].perf.generate_tokens < 40);
+            assert_eq!(finish.slots[0].perf.generate_tokens, rec.slot_perf(0).generate_tokens);
             assert!(finish.slots[0].perf.prefill_tokens > 5);
             assert!(finish.slots[0].perf.memory_usage_mb > 10.0);
             assert!(finish.slots[0].perf.prefill_time_ms > 0.0);
@@ -408,7 +426,7 @@ macro_rules! conformance_suite {
             assert_eq!(h.kv_cache_sizes().unwrap(), vec![0, 0], "no history is kept");
             // Swapped: each slot shares only the system message with its last prompt.
             let (_, warm) = record(&mut h, &[ask(spain), ask(italy)], &InferParams::default());
-            let perf = warm.finish().slots.iter().map(|s| s.perf.prefill_tokens).collect::<Vec<_>>();
+            let perf = (0..2).map(|i| warm.slot_perf(i).prefill_tokens).collect::<Vec<_>>();
             assert!(perf.iter().all(|&p| p > 1 && p < full / 2), "prefilled {perf:?} of {full}");
             assert_eq!((warm.text(0), warm.text(1)), (spain_text.clone(), italy_text));
             // The same prompt again prefills only its last token.
@@ -501,7 +519,7 @@ macro_rules! conformance_suite {
             rec.assert_well_formed(2);
             assert!(rec.tokens(0) > 0);
             assert_eq!(rec.tokens(1), 0, "an empty slot is idle");
-            assert_eq!(rec.finish().slots[1].perf.prefill_tokens, 0);
+            assert_eq!(rec.slot_perf(1).prefill_tokens, 0);
             let bad = h.run(&[Input::tokens(vec![1, 999_999])], &InferParams::default(), |_| Flow::Continue);
             assert!(matches!(bad, Ok(RunOutcome::Failed) | Err(_)), "out-of-vocabulary token: {bad:?}");
         }
