@@ -15,10 +15,19 @@ use std::fmt;
 use std::sync::Arc;
 
 /// One turn of a conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// Calls the assistant made in this turn.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// On a `tool` message: the call this is the result of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// On a `tool` message: the function that produced it (some templates print it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
@@ -26,7 +35,106 @@ impl ChatMessage {
         ChatMessage {
             role: role.into(),
             content: content.into(),
+            ..Default::default()
         }
+    }
+}
+
+/// A function call the assistant made, as a template sees it.
+///
+/// It serializes in the OpenAI shape Hugging Face templates read,
+/// `{"id", "type": "function", "function": {"name", "arguments"}}`, with `arguments` an
+/// object rather than the JSON text the OpenAI API carries: templates print it with
+/// `tojson`, and a string would come out quoted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// A JSON object.
+    pub arguments: serde_json::Value,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireFunction {
+    name: String,
+    #[serde(default)]
+    arguments: serde_json::Value,
+}
+
+#[derive(Serialize)]
+struct WireToolCall<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: WireFunctionRef<'a>,
+}
+
+#[derive(Serialize)]
+struct WireFunctionRef<'a> {
+    name: &'a str,
+    arguments: &'a serde_json::Value,
+}
+
+impl Serialize for ToolCall {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        WireToolCall {
+            id: &self.id,
+            kind: "function",
+            function: WireFunctionRef {
+                name: &self.name,
+                arguments: &self.arguments,
+            },
+        }
+        .serialize(s)
+    }
+}
+
+/// Accepts the shape it serializes to, the OpenAI request shape (arguments as JSON text) and
+/// a flat `{"id", "name", "arguments"}`.
+impl<'de> Deserialize<'de> for ToolCall {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ToolCall, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Wire {
+            Nested {
+                #[serde(default)]
+                id: String,
+                function: WireFunction,
+            },
+            Flat {
+                #[serde(default)]
+                id: String,
+                name: String,
+                #[serde(default)]
+                arguments: serde_json::Value,
+            },
+        }
+        let (id, name, arguments) = match Wire::deserialize(d)? {
+            Wire::Nested { id, function } => (id, function.name, function.arguments),
+            Wire::Flat {
+                id,
+                name,
+                arguments,
+            } => (id, name, arguments),
+        };
+        Ok(ToolCall {
+            id,
+            name,
+            arguments: arguments_object(arguments),
+        })
+    }
+}
+
+/// Arguments as an object: JSON text holding one is parsed, absent arguments are `{}`;
+/// anything else is kept as it is, for the template to print.
+pub(crate) fn arguments_object(arguments: serde_json::Value) -> serde_json::Value {
+    match arguments {
+        serde_json::Value::Null => serde_json::Value::Object(Default::default()),
+        serde_json::Value::String(text) => match serde_json::from_str(&text) {
+            Ok(v @ serde_json::Value::Object(_)) => v,
+            _ => serde_json::Value::String(text),
+        },
+        other => other,
     }
 }
 

@@ -354,6 +354,7 @@ pub async fn chat(state: web::Data<AppState>, payload: web::Payload) -> HttpResp
             .map(|m| ChatMessage {
                 role: m.role.clone(),
                 content: m.content.clone(),
+                ..Default::default()
             })
             .collect();
         let (options, format) = (req.options, req.format);
@@ -410,11 +411,13 @@ pub async fn generate(state: web::Data<AppState>, payload: web::Payload) -> Http
                         msgs.push(ChatMessage {
                             role: "system".into(),
                             content: s,
+                            ..Default::default()
                         });
                     }
                     msgs.push(ChatMessage {
                         role: "user".into(),
                         content: prompt,
+                        ..Default::default()
                     });
                     served
                         .template
