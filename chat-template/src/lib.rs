@@ -7,6 +7,7 @@
 //! `raise_exception` / `strftime_now` helpers templates call.
 
 mod builtin;
+mod pyjson;
 mod strftime;
 
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
@@ -225,6 +226,7 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
+        env.add_filter("tojson", pyjson::tojson_filter);
         env.add_template_owned(NAME, source.to_string())
             .map_err(|e| TemplateError::Syntax(e.to_string()))?;
         Ok(ChatTemplate(Arc::new(Inner {
