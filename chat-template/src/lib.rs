@@ -9,9 +9,13 @@
 mod builtin;
 mod pyjson;
 mod strftime;
+mod tools;
 
-use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
+pub use tools::ToolSyntax;
+
+use minijinja::{Environment, Error as JinjaError, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -151,7 +155,34 @@ pub enum TemplateError {
     /// Rendering failed for another reason (e.g. an unknown filter or a type error).
     #[error("chat template render error: {0}")]
     Render(String),
+    /// `continue_final_message` was asked for, but the conversation does not end with an
+    /// assistant message to continue; holds the role it ends with (empty if no messages).
+    #[error(
+        "continue_final_message needs the conversation to end with an assistant message, not '{0}'"
+    )]
+    NotContinuable(String),
 }
+
+/// How [`ChatTemplate::render_opts`] renders a conversation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RenderOptions<'a> {
+    /// End with the opening of the assistant's turn, for the model to write it.
+    pub add_generation_prompt: bool,
+    /// Passed to the template as `enable_thinking`; `None` leaves it undefined, so the
+    /// template's default applies (thinking on for Qwen3 and the thinking built-ins).
+    pub enable_thinking: Option<bool>,
+    /// OpenAI tool definitions, `{"type": "function", "function": {name, description,
+    /// parameters}}`.
+    pub tools: &'a [serde_json::Value],
+    /// The last message is the start of an assistant reply for the model to go on with: the
+    /// prompt stops right after its content, with no end of turn and no generation prompt
+    /// (`add_generation_prompt` is then ignored).
+    pub continue_final_message: bool,
+}
+
+/// Stands in after the final message's content to find where it ends in the rendered text;
+/// private-use characters, so no template trims or rewrites them and no message holds them.
+const CONTINUE_MARK: &str = "\u{F8FF}\u{E000}rkserve-continue\u{E000}\u{F8FF}";
 
 /// Marks a render error as coming from `raise_exception`, so it can be told apart from
 /// minijinja's own invalid-operation errors.
@@ -316,16 +347,144 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         enable_thinking: bool,
     ) -> Result<String, TemplateError> {
+        self.render_opts(
+            messages,
+            &RenderOptions {
+                add_generation_prompt,
+                enable_thinking: Some(enable_thinking),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Renders a conversation with tools, thinking control or a reply to continue. A
+    /// template that never mentions `tools` is given them, and the conversation's tool calls
+    /// and results, as Hermes-format text in ordinary turns (see
+    /// [`ChatTemplate::renders_tools_natively`]).
+    pub fn render_opts(
+        &self,
+        messages: &[ChatMessage],
+        opts: &RenderOptions,
+    ) -> Result<String, TemplateError> {
+        if opts.continue_final_message {
+            match messages.last() {
+                Some(m) if m.role == "assistant" => {}
+                last => {
+                    let role = last.map(|m| m.role.clone()).unwrap_or_default();
+                    return Err(TemplateError::NotContinuable(role));
+                }
+            }
+        }
+        let src = &self.0.source;
+        // A template may lay out earlier calls and results without offering tools itself.
+        let history_native = src.contains("tools") || src.contains("tool_call");
+        let rewrite_history = !history_native
+            && messages
+                .iter()
+                .any(|m| m.role == "tool" || !m.tool_calls.is_empty());
+        let offer: &[serde_json::Value] = if self.renders_tools_natively() {
+            &[]
+        } else {
+            opts.tools
+        };
+        if offer.is_empty() && !rewrite_history {
+            return self.render_final(messages, opts);
+        }
+        let emulate = |at| tools::emulate(messages, offer, rewrite_history, at);
+        match self.render_final(&emulate(tools::Placement::System), opts) {
+            // Templates without a system role (Gemma's on Hugging Face) raise at one; they
+            // get the instructions in the first user turn instead.
+            Err(TemplateError::Raised(_))
+                if !offer.is_empty() && messages.first().is_none_or(|m| m.role != "system") =>
+            {
+                self.render_final(&emulate(tools::Placement::FirstUser), opts)
+            }
+            other => other,
+        }
+    }
+
+    fn render_final(
+        &self,
+        messages: &[ChatMessage],
+        opts: &RenderOptions,
+    ) -> Result<String, TemplateError> {
+        if !opts.continue_final_message {
+            return self.render_context(messages, opts.add_generation_prompt, opts);
+        }
+        let mut marked = messages.to_vec();
+        if let Some(last) = marked.last_mut() {
+            last.content.push_str(CONTINUE_MARK);
+        }
+        let out = self.render_context(&marked, false, opts)?;
+        match out.find(CONTINUE_MARK) {
+            Some(end) => Ok(out[..end].to_string()),
+            None => Err(TemplateError::Render(
+                "continue_final_message: the template does not print the final message's content"
+                    .to_string(),
+            )),
+        }
+    }
+
+    fn render_context(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        opts: &RenderOptions,
+    ) -> Result<String, TemplateError> {
         let template = self.0.env.get_template(NAME).map_err(render_error)?;
-        template
-            .render(context! {
-                messages => messages,
-                add_generation_prompt => add_generation_prompt,
-                bos_token => &self.0.bos,
-                eos_token => &self.0.eos,
-                enable_thinking => enable_thinking,
-            })
-            .map_err(render_error)
+        let mut ctx: BTreeMap<&str, Value> = BTreeMap::new();
+        ctx.insert("messages", Value::from_serialize(messages));
+        ctx.insert("add_generation_prompt", add_generation_prompt.into());
+        ctx.insert("bos_token", self.0.bos.as_str().into());
+        ctx.insert("eos_token", self.0.eos.as_str().into());
+        if let Some(on) = opts.enable_thinking {
+            ctx.insert("enable_thinking", on.into());
+        }
+        // transformers passes `tools=None` when there are none; templates test `if tools`.
+        let tools = if opts.tools.is_empty() {
+            Value::from(())
+        } else {
+            Value::from_serialize(opts.tools)
+        };
+        ctx.insert("tools", tools);
+        template.render(ctx).map_err(render_error)
+    }
+
+    /// Whether the template lays out tools, tool calls and tool results itself; those that
+    /// do not have them emulated in Hermes format by [`ChatTemplate::render_opts`].
+    pub fn renders_tools_natively(&self) -> bool {
+        self.0.source.contains("tools")
+    }
+
+    /// The syntax the model is asked to write tool calls in, for the output parser.
+    pub fn tool_syntax(&self) -> ToolSyntax {
+        let src = &self.0.source;
+        let llama3 = match self.0.family {
+            Some(family) => family == "llama3",
+            None => {
+                self.renders_tools_natively()
+                    && src.contains("<|eot_id|>")
+                    && (src.contains("<|python_tag|>")
+                        || src.contains("dictionary of argument name"))
+            }
+        };
+        if llama3 {
+            ToolSyntax::Llama3Json
+        } else {
+            ToolSyntax::Hermes
+        }
+    }
+
+    /// Whether the model may open its reply with a `<think>` block (Qwen3, QwQ, DeepSeek-R1
+    /// and their distills), which the output parser should split off as reasoning.
+    pub fn thinks(&self) -> bool {
+        self.0.source.contains("<think>")
+    }
+
+    /// Whether a rendered prompt already opened the think block, as R1-distill templates do
+    /// (`<｜Assistant｜><think>\n`), so the model's output starts inside its reasoning.
+    pub fn starts_in_reasoning(rendered_prompt: &str) -> bool {
+        rendered_prompt.trim_end().ends_with("<think>")
     }
 
     /// End-of-turn strings a server should stop at besides the EOS token: the EOS text
