@@ -7,10 +7,12 @@
 //! `raise_exception` / `strftime_now` helpers templates call.
 
 mod builtin;
+mod output;
 mod pyjson;
 mod strftime;
 mod tools;
 
+pub use output::{extract_json, OutputParser, ParseConfig, ParsedToolCall, Piece};
 pub use tools::ToolSyntax;
 
 use minijinja::{Environment, Error as JinjaError, ErrorKind, Value};
@@ -456,7 +458,7 @@ impl ChatTemplate {
         self.0.source.contains("tools")
     }
 
-    /// The syntax the model is asked to write tool calls in, for the output parser.
+    /// The syntax the model is asked to write tool calls in, for [`OutputParser`].
     pub fn tool_syntax(&self) -> ToolSyntax {
         let src = &self.0.source;
         let llama3 = match self.0.family {
@@ -476,7 +478,7 @@ impl ChatTemplate {
     }
 
     /// Whether the model may open its reply with a `<think>` block (Qwen3, QwQ, DeepSeek-R1
-    /// and their distills), which the output parser should split off as reasoning.
+    /// and their distills), which [`OutputParser`] should split off as reasoning.
     pub fn thinks(&self) -> bool {
         self.0.source.contains("<think>")
     }
