@@ -278,3 +278,87 @@ fn extract_json_tolerates_fences_and_whitespace() {
     assert_eq!(extract_json("{\"a\": 1"), None);
     assert_eq!(extract_json(""), None);
 }
+
+/// Outputs stitched from fragments that exercise every marker, each parsed whole, one
+/// character at a time and in pseudo-random chunks: the pieces must always agree, and when
+/// nothing is parsed out the text must come back exactly.
+#[test]
+fn pieces_do_not_depend_on_the_chunking() {
+    const FRAGMENTS: &[&str] = &[
+        "<think>",
+        "</think>",
+        "\n\n",
+        " ",
+        "plain text ",
+        "é日",
+        "<",
+        "<tool_call>",
+        "</tool_call>",
+        "{\"name\": \"f\", \"arguments\": {\"a\": [1, \"}\"]}}",
+        "{\"name\": \"g\", \"parameters\": {}}",
+        "{\"name\": ",
+        ";",
+        "<|python_tag|>",
+        "<tool_call>\n{\"name\": \"h\", \"arguments\": \"{}\"}\n</tool_call>",
+        "}",
+    ];
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    let configs = [
+        HERMES,
+        LLAMA3,
+        PLAIN,
+        ParseConfig {
+            starts_in_reasoning: true,
+            ..HERMES
+        },
+        ParseConfig {
+            reasoning: true,
+            ..LLAMA3
+        },
+    ];
+    for _ in 0..400 {
+        let output: String = (0..1 + next(6))
+            .map(|_| FRAGMENTS[next(FRAGMENTS.len())])
+            .collect();
+        for cfg in configs {
+            let whole = parse_chunks(cfg, &[&output]);
+            let chars: Vec<String> = output.chars().map(String::from).collect();
+            let chars: Vec<&str> = chars.iter().map(String::as_str).collect();
+            assert_eq!(
+                parse_chunks(cfg, &chars),
+                whole,
+                "{cfg:?} by char: {output:?}"
+            );
+            let mut chunks = Vec::new();
+            let mut rest = output.as_str();
+            while !rest.is_empty() {
+                let mut at = (1 + next(8)).min(rest.len());
+                while !rest.is_char_boundary(at) {
+                    at += 1;
+                }
+                let (a, b) = rest.split_at(at);
+                chunks.push(a);
+                rest = b;
+            }
+            assert_eq!(parse_chunks(cfg, &chunks), whole, "{cfg:?} {chunks:?}");
+            // Without reasoning nothing is dropped: unless calls were read, the text is all.
+            let calls = whole.iter().any(|p| matches!(p, Piece::ToolCall(_)));
+            if !cfg.reasoning && !cfg.starts_in_reasoning && !calls {
+                let text: String = whole
+                    .iter()
+                    .map(|p| match p {
+                        Piece::Content(t) => t.as_str(),
+                        other => panic!("{other:?}"),
+                    })
+                    .collect();
+                assert_eq!(text, output, "{cfg:?}");
+            }
+        }
+    }
+}
