@@ -5,6 +5,10 @@
 //! the families people convert. Both render through one minijinja setup that behaves like
 //! the Python `transformers` one: block trimming, Python string and dict methods, and the
 //! `raise_exception` / `strftime_now` helpers templates call.
+//!
+//! Tools are offered in each family's own format where it has one (Hermes-style for ChatML,
+//! JSON for Llama 3.1) and in the Hermes format elsewhere; [`OutputParser`] reads the reply
+//! back into answer text, reasoning and tool calls.
 
 mod builtin;
 mod output;
