@@ -27,6 +27,14 @@ pub struct Server {
     /// The sliding window of GET /v1/stats.
     #[serde(deserialize_with = "duration::de")]
     pub stats_window: Duration,
+    /// Browser origins allowed to call the API (CORS), as Ollama's OLLAMA_ORIGINS: exact
+    /// origins, `*` within one (`http://localhost:*`), or `*` for any.
+    pub cors_origins: Vec<String>,
+    /// How often a reply that must be JSON or a tool call is generated again when it is not.
+    pub structured_retries: u32,
+    /// The longest a request body may take to arrive once its headers have.
+    #[serde(deserialize_with = "duration::de")]
+    pub body_timeout: Duration,
 }
 
 impl Default for Server {
@@ -38,6 +46,27 @@ impl Default for Server {
             open_health: true,
             max_body_bytes: 4 << 20,
             stats_window: Duration::from_secs(60),
+            // Ollama's defaults: pages served from this machine and desktop-app schemes.
+            cors_origins: [
+                "http://localhost",
+                "https://localhost",
+                "http://localhost:*",
+                "https://localhost:*",
+                "http://127.0.0.1",
+                "https://127.0.0.1",
+                "http://127.0.0.1:*",
+                "https://127.0.0.1:*",
+                "http://0.0.0.0",
+                "http://0.0.0.0:*",
+                "app://*",
+                "file://*",
+                "tauri://*",
+                "vscode-webview://*",
+            ]
+            .map(String::from)
+            .to_vec(),
+            structured_retries: 2,
+            body_timeout: Duration::from_secs(30),
         }
     }
 }

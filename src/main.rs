@@ -76,13 +76,17 @@ fn main() -> ExitCode {
                 }
             }
         });
+        let origins = state.catalog.config().server.cors_origins.clone();
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .wrap(actix_web::middleware::from_fn(api::auth))
+                // Outside auth: a browser's preflight carries no credentials.
+                .wrap(api::cors(&origins))
                 .wrap(middleware::Logger::new("%r %s %Dms").log_target("rkserve::http"))
                 .configure(api::routes)
         })
+        .on_connect(api::disconnect::on_connect)
         .bind((host.as_str(), port))?;
         tracing::info!("listening on http://{host}:{port} (OpenAI: /v1, Ollama: /api)");
         server.run().await

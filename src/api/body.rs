@@ -7,7 +7,27 @@ use actix_web::web;
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
-pub async fn read(mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
+/// Reads the body, up to `max_body_bytes` and within `body_timeout`: a client that declares
+/// a body and never sends it would otherwise hold its connection forever.
+pub async fn read(
+    payload: web::Payload,
+    server: &crate::config::Server,
+) -> Result<web::Bytes, ApiError> {
+    let timeout = server.body_timeout;
+    tokio::time::timeout(timeout, read_all(payload, server.max_body_bytes))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {:.0}s",
+                    timeout.as_secs_f64()
+                ),
+            ))
+        })
+}
+
+async fn read_all(mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
@@ -42,6 +62,9 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-pub async fn json<T: DeserializeOwned>(payload: web::Payload, limit: usize) -> Result<T, ApiError> {
-    parse(&read(payload, limit).await?)
+pub async fn json<T: DeserializeOwned>(
+    payload: web::Payload,
+    server: &crate::config::Server,
+) -> Result<T, ApiError> {
+    parse(&read(payload, server).await?)
 }

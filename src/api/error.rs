@@ -5,7 +5,7 @@ use crate::catalog::{Catalog, CatalogError};
 use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
 use scheduler::telemetry::{self, FailKind};
-use scheduler::SubmitError;
+use scheduler::{FinishReason, SubmitError};
 use serde_json::json;
 use std::time::Duration;
 
@@ -48,6 +48,26 @@ impl ApiError {
         ApiError {
             param: Some(param.to_string()),
             ..Self::bad_request(message)
+        }
+    }
+
+    /// The client closed its connection before the reply (nginx's 499): nobody reads this
+    /// response, but the request is counted as cancelled.
+    pub fn client_gone() -> Self {
+        Self::new(
+            StatusCode::from_u16(499).expect("499 is a valid status"),
+            "the client closed the connection",
+        )
+    }
+
+    /// A generation that ended in failure, with the status its cause calls for.
+    pub fn from_finish(reason: &FinishReason) -> Self {
+        match reason {
+            FinishReason::Error(msg) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, msg.clone()),
+            _ => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the generation ended without an error",
+            ),
         }
     }
 
@@ -105,6 +125,7 @@ impl ApiError {
     pub fn refuse(&self, api: Api, catalog: &Catalog, named: Option<&str>) -> HttpResponse {
         let kind = match self.status.as_u16() {
             429 => FailKind::Overloaded,
+            499 => FailKind::Cancelled,
             503 => FailKind::Unavailable,
             400..=499 => FailKind::BadRequest,
             _ => FailKind::RuntimeError,

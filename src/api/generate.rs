@@ -1,43 +1,34 @@
-//! From an API request to scheduler streams: count the prompt, submit one request per
-//! choice (`n` choices share one multi-batch run), and read the results back.
+//! From a validated request to scheduler streams: render and count the prompts, submit one
+//! request per choice (choices of one request share a multi-batch run when they fit), and
+//! hand back their events as typed frames.
 
+use super::disconnect::Client;
 use super::error::ApiError;
+use super::frames::{self, Finish, Frame, Frames, Reply};
+use super::prompt::{self, Prepared};
+use super::request::GenRequest;
+use super::structured;
 use super::AppState;
 use crate::catalog::Served;
 use actix_web::http::StatusCode;
 use actix_web::web;
 use futures_util::stream::{self, BoxStream, StreamExt};
-use rkllm::Sampling;
-use scheduler::{Event, FinishReason, Request, RequestStream, Timings};
+use scheduler::{Event, FinishReason, Request, RequestStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub struct GenRequest {
-    /// Rendered prompt, passed to the runtime verbatim.
-    pub prompt: String,
-    /// The request field the prompt came from, named when it is too long.
-    pub prompt_param: &'static str,
-    pub sampling: Sampling,
-    pub max_tokens: Option<u32>,
-    pub stop: Vec<String>,
-    pub n: usize,
-}
-
 pub struct Generation {
     pub served: Arc<Served>,
+    /// Prompt tokens of every prompt, each counted once (not once per choice).
     pub prompt_tokens: usize,
     pub arrival: Instant,
     /// Time spent loading the model for this request.
     pub load_duration: Duration,
-    pub events: BoxStream<'static, (usize, Event)>,
-}
-
-/// The result of one choice, read to its end.
-pub struct Choice {
-    pub text: String,
-    pub reason: FinishReason,
-    pub completion_tokens: u32,
-    pub timings: Timings,
+    /// Choices in all: prompts × n.
+    pub choices: usize,
+    pub single_call: bool,
+    prepared: Prepared,
+    events: BoxStream<'static, (usize, Event)>,
 }
 
 fn events_of(i: usize, rs: RequestStream) -> BoxStream<'static, (usize, Event)> {
@@ -62,22 +53,69 @@ pub async fn ensure_loaded(
     Ok(started.elapsed())
 }
 
+/// Submits every choice of the prepared prompts, each prompt's `n` choices in a row.
+fn submit(
+    state: &web::Data<AppState>,
+    served: &Served,
+    g: &GenRequest,
+    prepared: &Prepared,
+    counts: &[usize],
+) -> Result<BoxStream<'static, (usize, Event)>, ApiError> {
+    let ctx = served.context_len;
+    let mut stop = served.stop.clone();
+    stop.extend(g.stop.iter().cloned());
+    let arrival = Instant::now();
+    let mut streams = Vec::with_capacity(prepared.prompts.len() * g.n);
+    for (p, (prompt, &prompt_tokens)) in prepared.prompts.iter().zip(counts).enumerate() {
+        let room = (ctx - prompt_tokens - 1) as u32;
+        let max_tokens = g.max_tokens.unwrap_or(room).min(room).max(1);
+        for j in 0..g.n {
+            let req = Request {
+                model: served.entry.name.clone(),
+                prompt: prompt.clone(),
+                prompt_tokens,
+                sampling: g.sampling,
+                max_tokens,
+                stop: stop.clone(),
+                arrival,
+            };
+            // Dropping the streams already submitted cancels them if a later one is refused.
+            streams.push(events_of(p * g.n + j, state.catalog.scheduler.submit(req)?));
+        }
+    }
+    Ok(stream::select_all(streams).boxed())
+}
+
 pub async fn start(
     state: &web::Data<AppState>,
     served: Arc<Served>,
-    g: GenRequest,
+    g: &GenRequest,
 ) -> Result<Generation, ApiError> {
+    g.validate()?;
+    structured::check_schema(&g.format, g.prompt_param)?;
+    let prepared = prompt::prepare(&served, g)?;
     let load_duration = ensure_loaded(state, &served).await?;
-    let prompt_tokens = served.tokenizer.count(&g.prompt);
     let ctx = served.context_len;
-    if prompt_tokens + 1 > ctx {
-        return Err(ApiError::bad_param(
-            g.prompt_param,
-            format!(
-                "the prompt has {prompt_tokens} tokens but model '{}' has a context of {ctx} tokens",
-                served.entry.name
-            ),
-        ));
+    let counts: Vec<usize> = prepared
+        .prompts
+        .iter()
+        .map(|p| served.tokenizer.count(p))
+        .collect();
+    for (i, &tokens) in counts.iter().enumerate() {
+        if tokens + 1 > ctx {
+            let which = if counts.len() > 1 {
+                format!("prompt {i} has")
+            } else {
+                "the prompt has".into()
+            };
+            return Err(ApiError::bad_param(
+                g.prompt_param,
+                format!(
+                    "{which} {tokens} tokens but model '{}' has a context of {ctx} tokens",
+                    served.entry.name
+                ),
+            ));
+        }
     }
     if g.n == 0 || g.n > served.n_batch as usize {
         return Err(ApiError::bad_param(
@@ -85,157 +123,151 @@ pub async fn start(
             format!("n must be 1 to {} (the model's n_batch)", served.n_batch),
         ));
     }
-    let room = (ctx - prompt_tokens - 1) as u32;
-    let max_tokens = g.max_tokens.unwrap_or(room).min(room).max(1);
-    let mut stop = served.stop.clone();
-    stop.extend(g.stop);
     let arrival = Instant::now();
-    let mut streams = Vec::with_capacity(g.n);
-    for i in 0..g.n {
-        let req = Request {
-            model: served.entry.name.clone(),
-            prompt: g.prompt.clone(),
-            prompt_tokens,
-            sampling: g.sampling,
-            max_tokens,
-            stop: stop.clone(),
-            arrival,
-        };
-        // Dropping the streams already submitted cancels them if a later one is refused.
-        streams.push(events_of(i, state.catalog.scheduler.submit(req)?));
-    }
+    let events = submit(state, &served, g, &prepared, &counts)?;
     Ok(Generation {
+        choices: prepared.prompts.len() * g.n,
+        prompt_tokens: counts.iter().sum(),
+        single_call: !g.parallel_tool_calls,
         served,
-        prompt_tokens,
         arrival,
         load_duration,
-        events: stream::select_all(streams).boxed(),
+        prepared,
+        events,
     })
 }
 
 impl Generation {
-    /// Reads every choice to its end. A choice that failed before producing text fails the
-    /// request.
-    pub async fn collect(mut self, n: usize) -> Result<(Vec<Choice>, Generation), ApiError> {
-        let mut choices: Vec<Choice> = (0..n)
-            .map(|_| Choice {
-                text: String::new(),
-                reason: FinishReason::Stop,
-                completion_tokens: 0,
-                timings: Timings::default(),
-            })
-            .collect();
-        while let Some((i, e)) = self.events.next().await {
-            match e {
-                Event::Text { text, .. } => choices[i].text.push_str(&text),
-                Event::End {
-                    reason,
-                    completion_tokens,
-                    timings,
-                    ..
-                } => {
-                    choices[i].reason = reason;
-                    choices[i].completion_tokens = completion_tokens;
-                    choices[i].timings = timings;
-                }
-            }
-        }
-        if let Some(FinishReason::Error(msg)) = choices
-            .iter()
-            .map(|c| &c.reason)
-            .find(|r| matches!(r, FinishReason::Error(_)))
-        {
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                msg.clone(),
-            ));
-        }
-        Ok((choices, self))
-    }
-
     /// Waits for the first event, so that a request that fails before producing anything
-    /// (queue timeout, a failed run) gets a real error status instead of a stream.
-    pub async fn first(&mut self) -> Result<Option<(usize, Event)>, ApiError> {
-        match self.events.next().await {
-            Some((
-                _,
-                Event::End {
-                    reason: FinishReason::Error(msg),
-                    completion_tokens: 0,
-                    ..
-                },
-            )) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, msg)),
-            other => Ok(other),
+    /// (queue timeout, a failed run) gets a real error status instead of a stream; a client
+    /// that leaves meanwhile gives up its queue place.
+    pub async fn begin(mut self, client: &Client) -> Result<Frames, ApiError> {
+        let first = tokio::select! {
+            e = self.events.next() => e,
+            _ = client.gone() => return Err(ApiError::client_gone()),
+        };
+        if let Some((
+            _,
+            Event::End {
+                reason: reason @ FinishReason::Error(_),
+                completion_tokens: 0,
+                ..
+            },
+        )) = &first
+        {
+            return Err(ApiError::from_finish(reason));
+        }
+        Ok(Frames::new(
+            self.events,
+            self.choices,
+            &self.prepared.parse,
+            self.single_call,
+            first,
+        ))
+    }
+}
+
+/// The figures both APIs report about a request, whatever its replies.
+pub struct Meta {
+    pub served: Arc<Served>,
+    pub prompt_tokens: usize,
+    pub arrival: Instant,
+    pub load_duration: Duration,
+}
+
+impl Generation {
+    pub fn meta(&self) -> Meta {
+        Meta {
+            served: self.served.clone(),
+            prompt_tokens: self.prompt_tokens,
+            arrival: self.arrival,
+            load_duration: self.load_duration,
         }
     }
 }
 
-/// OpenAI's and Ollama's name for why generation ended.
-pub fn reason_str(r: &FinishReason) -> &'static str {
-    match r {
-        FinishReason::Length => "length",
-        FinishReason::Stop | FinishReason::Error(_) => "stop",
+async fn read_replies(frames: Frames, n: usize, client: &Client) -> Result<Vec<Reply>, ApiError> {
+    let replies = tokio::select! {
+        r = frames::collect(frames, n) => r,
+        _ = client.gone() => return Err(ApiError::client_gone()),
+    };
+    match replies.iter().find_map(|r| match &r.finish {
+        Finish::Error(e) => Some(e.clone()),
+        _ => None,
+    }) {
+        Some(e) => Err(e),
+        None => Ok(replies),
     }
 }
 
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+/// Runs a request to its end, each reply checked against what the request demands (a JSON
+/// shape, a forced tool call): a reply that misses is generated again, up to the configured
+/// number of retries, then the request fails with what was wrong.
+pub async fn complete(
+    state: &web::Data<AppState>,
+    served: Arc<Served>,
+    g: &GenRequest,
+    client: &Client,
+) -> Result<(Meta, Vec<Reply>), ApiError> {
+    let retries = state.catalog.config().server.structured_retries;
+    let generation = start(state, served, g).await?;
+    let (meta, n) = (generation.meta(), generation.choices);
+    let mut replies = read_replies(generation.begin(client).await?, n, client).await?;
+    for attempt in 0..=retries {
+        let failing: Vec<(usize, String)> = replies
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, r)| structured::check(g, r).err().map(|why| (i, why)))
+            .collect();
+        let Some((_, why)) = failing.first().cloned() else {
+            break;
+        };
+        if attempt == retries {
+            return Err(ApiError {
+                code: Some("invalid_model_output"),
+                ..ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "the model's reply did not meet the request after {} attempts: {why}",
+                        retries + 1
+                    ),
+                )
+            });
+        }
+        tracing::info!(
+            model = %meta.served.entry.name,
+            attempt = attempt + 1,
+            "reply rejected ({why}); generating again"
+        );
+        // Each failing choice again on its own, from the prompt it came from.
+        for (i, _) in failing {
+            let one = g.retry_of(i / g.n);
+            let again = start(state, meta.served.clone(), &one).await?;
+            let frames = again.begin(client).await?;
+            replies[i] = read_replies(frames, 1, client).await?.remove(0);
+        }
+    }
+    Ok((meta, replies))
 }
 
-/// Sampling from optional request fields over the runtime's defaults.
-#[allow(clippy::too_many_arguments)]
-pub fn sampling(
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    top_k: Option<i32>,
-    repeat_penalty: Option<f32>,
-    frequency_penalty: Option<f32>,
-    presence_penalty: Option<f32>,
-) -> Result<Sampling, ApiError> {
-    let mut s = Sampling::default();
-    if let Some(t) = temperature {
-        if !(0.0..=2.0).contains(&t) {
-            return Err(ApiError::bad_param(
-                "temperature",
-                "temperature must be between 0 and 2",
-            ));
-        }
-        s.temperature = t;
+/// A request's frames for a streamed reply. Replies that must be checked first are
+/// generated to their end and then streamed, so that a stream labelled JSON is JSON.
+pub async fn stream(
+    state: &web::Data<AppState>,
+    served: Arc<Served>,
+    g: &GenRequest,
+    client: &Client,
+) -> Result<(Meta, BoxStream<'static, Frame>), ApiError> {
+    if g.is_checked() {
+        let (meta, replies) = complete(state, served, g, client).await?;
+        let frames: Vec<Frame> = replies
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| r.frames(i))
+            .collect();
+        return Ok((meta, stream::iter(frames).boxed()));
     }
-    if let Some(p) = top_p {
-        if !(0.0..=1.0).contains(&p) {
-            return Err(ApiError::bad_param(
-                "top_p",
-                "top_p must be between 0 and 1",
-            ));
-        }
-        s.top_p = p;
-    }
-    if let Some(k) = top_k {
-        s.top_k = k.max(0);
-    }
-    if let Some(r) = repeat_penalty {
-        s.repeat_penalty = r;
-    }
-    if let Some(f) = frequency_penalty {
-        if !(-2.0..=2.0).contains(&f) {
-            return Err(ApiError::bad_param(
-                "frequency_penalty",
-                "frequency_penalty must be between -2 and 2",
-            ));
-        }
-        s.frequency_penalty = f;
-    }
-    if let Some(p) = presence_penalty {
-        if !(-2.0..=2.0).contains(&p) {
-            return Err(ApiError::bad_param(
-                "presence_penalty",
-                "presence_penalty must be between -2 and 2",
-            ));
-        }
-        s.presence_penalty = p;
-    }
-    Ok(s)
+    let generation = start(state, served, g).await?;
+    let meta = generation.meta();
+    Ok((meta, generation.begin(client).await?.into_stream()))
 }

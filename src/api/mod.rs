@@ -2,12 +2,23 @@
 //! handlers live in their own module and answer errors in their own shape.
 
 mod body;
+mod cors;
+pub mod disconnect;
 pub mod error;
+mod frames;
 mod generate;
 mod manage;
+mod ndjson;
 mod ollama;
+mod ollama_models;
 mod openai;
+mod prompt;
+mod request;
+mod sse;
 mod stats;
+mod structured;
+
+pub use cors::cors;
 
 use crate::catalog::Catalog;
 use actix_web::body::{EitherBody, MessageBody};
@@ -32,40 +43,56 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(r)
             .default_service(web::to(wrong_method))
     }
-    cfg.service(resource("/health", web::get().to(health)))
-        .service(resource("/ready", web::get().to(ready)))
-        .service(resource("/openapi.json", web::get().to(openapi)))
-        .service(resource("/metrics", web::get().to(stats::metrics)))
-        .service(resource("/v1/stats", web::get().to(stats::latency)))
-        .service(resource(
-            "/v1/chat/completions",
-            web::post().to(openai::chat),
-        ))
-        .service(resource(
-            "/v1/completions",
-            web::post().to(openai::completions),
-        ))
-        .service(resource("/v1/models", web::get().to(openai::list_models)))
-        .service(resource("/v1/models/loaded", web::get().to(manage::loaded)))
-        .service(resource(
-            "/v1/models/{id}/load",
-            web::post().to(manage::load),
-        ))
-        .service(resource(
-            "/v1/models/{id}/unload",
-            web::post().to(manage::unload),
-        ))
-        .service(resource(
-            "/v1/models/{id}",
-            web::get().to(openai::get_model),
-        ))
-        .service(resource("/api/chat", web::post().to(ollama::chat)))
-        .service(resource("/api/generate", web::post().to(ollama::generate)))
-        .service(resource("/api/tags", web::get().to(ollama::tags)))
-        .service(resource("/api/show", web::post().to(ollama::show)))
-        .service(resource("/api/ps", web::get().to(ollama::ps)))
-        .service(resource("/api/version", web::get().to(ollama::version)))
-        .default_service(web::to(not_found));
+    cfg.service(
+        web::resource("/")
+            .route(web::get().to(root))
+            .route(web::head().to(root))
+            .default_service(web::to(wrong_method)),
+    )
+    .service(resource("/health", web::get().to(health)))
+    .service(resource("/ready", web::get().to(ready)))
+    .service(resource("/openapi.json", web::get().to(openapi)))
+    .service(resource("/metrics", web::get().to(stats::metrics)))
+    .service(resource("/v1/stats", web::get().to(stats::latency)))
+    .service(resource(
+        "/v1/chat/completions",
+        web::post().to(openai::chat),
+    ))
+    .service(resource(
+        "/v1/completions",
+        web::post().to(openai::completions),
+    ))
+    .service(resource("/v1/models", web::get().to(openai::list_models)))
+    .service(resource("/v1/models/loaded", web::get().to(manage::loaded)))
+    .service(resource(
+        "/v1/models/{id}/load",
+        web::post().to(manage::load),
+    ))
+    .service(resource(
+        "/v1/models/{id}/unload",
+        web::post().to(manage::unload),
+    ))
+    .service(resource(
+        "/v1/models/{id}",
+        web::get().to(openai::get_model),
+    ))
+    .service(resource("/api/chat", web::post().to(ollama::chat)))
+    .service(resource("/api/generate", web::post().to(ollama::generate)))
+    .service(resource("/api/tags", web::get().to(ollama::tags)))
+    .service(resource("/api/show", web::post().to(ollama::show)))
+    .service(resource("/api/ps", web::get().to(ollama::ps)))
+    .service(resource("/api/version", web::get().to(ollama::version)))
+    .service(resource("/api/pull", web::post().to(ollama_models::pull)))
+    .service(resource(
+        "/api/delete",
+        web::delete().to(ollama_models::delete),
+    ))
+    .service(resource("/api/copy", web::post().to(ollama_models::copy)))
+    .service(resource(
+        "/api/create",
+        web::post().to(ollama_models::create),
+    ))
+    .default_service(web::to(not_found));
 }
 
 async fn wrong_method(req: actix_web::HttpRequest) -> HttpResponse {
@@ -147,6 +174,20 @@ async fn openapi() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
         .body(OPENAPI)
+}
+
+/// Ollama's root answers this text, and the ollama CLI sends `HEAD /` before every command;
+/// some clients detect an Ollama server by the exact words.
+async fn root() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .body("Ollama is running")
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 async fn health() -> HttpResponse {

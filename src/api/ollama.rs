@@ -1,17 +1,19 @@
 //! The Ollama API: `/api/chat`, `/api/generate` (NDJSON streaming by default), `/api/tags`,
-//! `/api/show`, `/api/ps`, `/api/version`.
+//! `/api/show`, `/api/ps`, `/api/version`, and the model-management calls clients make at
+//! start-up. Requests are parsed into the shared [`GenRequest`]; replies are built from frames.
 
 use super::body;
+use super::disconnect::Client;
 use super::error::{Api, ApiError};
-use super::generate::{self, reason_str, GenRequest};
-use super::AppState;
-use actix_web::{web, HttpResponse};
-use chat_template::ChatMessage;
-use futures_util::stream::{self, StreamExt};
-use scheduler::{Event, FinishReason};
+use super::frames::{Finish, Frame, Reply, Shape, ToolCallFrame};
+use super::generate::{self, Meta};
+use super::request::{self, GenRequest, Prompt, SamplingFields};
+use super::{ndjson, AppState};
+use actix_web::{web, HttpRequest, HttpResponse};
+use chat_template::{ChatMessage, ToolCall};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 #[derive(Debug, Deserialize, Default)]
 pub struct Options {
@@ -26,12 +28,29 @@ pub struct Options {
 }
 
 #[derive(Debug, Deserialize)]
+pub struct WireToolCall {
+    function: WireFunction,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct WireFunction {
+    name: String,
+    #[serde(default)]
+    arguments: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
 pub struct Msg {
     role: String,
     #[serde(default)]
     content: String,
     #[serde(default)]
     images: Option<Vec<String>>,
+    #[serde(default)]
+    tool_calls: Option<Vec<WireToolCall>>,
+    /// Which tool a `tool` message answers.
+    #[serde(default)]
+    tool_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +101,9 @@ pub struct ChatRequest {
     format: Option<Value>,
     #[serde(default)]
     tools: Option<Value>,
+    /// true/false, or a level ("high", "medium", "low") that turns thinking on.
+    #[serde(default)]
+    think: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +127,8 @@ pub struct GenerateRequest {
     images: Option<Vec<String>>,
     #[serde(default)]
     suffix: Option<String>,
+    #[serde(default)]
+    think: Option<Value>,
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -115,82 +139,113 @@ fn nanos(d: Duration) -> u64 {
     d.as_nanos() as u64
 }
 
-fn gen_request(
-    prompt: String,
-    prompt_param: &'static str,
-    o: Option<&Options>,
-    format: &Option<Value>,
-) -> Result<GenRequest, ApiError> {
-    if format.as_ref().is_some_and(|f| !f.is_null() && f != "") {
-        return Err(ApiError::bad_request(
-            "format (structured output) is not supported by rkserve",
-        ));
+fn think(v: Option<&Value>) -> Result<Option<bool>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(Value::String(s)) if matches!(s.as_str(), "high" | "medium" | "low") => Ok(Some(true)),
+        Some(_) => Err(ApiError::bad_param(
+            "think",
+            "think must be true, false, \"high\", \"medium\" or \"low\"",
+        )),
     }
-    let d = Options::default();
-    let o = o.unwrap_or(&d);
-    Ok(GenRequest {
-        prompt,
-        prompt_param,
-        sampling: generate::sampling(
-            o.temperature,
-            o.top_p,
-            o.top_k,
-            o.repeat_penalty,
-            o.frequency_penalty,
-            o.presence_penalty,
-        )?,
-        // Ollama: -1 is unlimited, -2 fills the context.
-        max_tokens: o
-            .num_predict
-            .filter(|n| *n > 0)
-            .map(|n| n.min(u32::MAX as i64) as u32),
-        stop: o.stop.clone().unwrap_or_default(),
-        n: 1,
-    })
+}
+
+fn gen_request(
+    prompt: Prompt,
+    prompt_param: &'static str,
+    o: Option<Options>,
+    format: Option<&Value>,
+    thinking: Option<&Value>,
+) -> Result<GenRequest, ApiError> {
+    let o = o.unwrap_or_default();
+    let mut g = GenRequest::new(prompt, prompt_param);
+    g.sampling = SamplingFields {
+        temperature: o.temperature,
+        top_p: o.top_p,
+        top_k: o.top_k,
+        repeat_penalty: o.repeat_penalty,
+        frequency_penalty: o.frequency_penalty,
+        presence_penalty: o.presence_penalty,
+    }
+    .sampling()?;
+    // Ollama: -1 is unlimited, -2 fills the context.
+    g.max_tokens = o
+        .num_predict
+        .filter(|n| *n > 0)
+        .map(|n| n.min(u32::MAX as i64) as u32);
+    g.stop = o.stop.unwrap_or_default();
+    g.format = request::format_from_ollama(format)?;
+    g.thinking = think(thinking)?;
+    Ok(g)
 }
 
 /// The final line's statistics, all six always present (clients drop them all otherwise).
-fn stats(
-    load: Duration,
-    arrival: Instant,
-    prompt_tokens: usize,
-    completion: u32,
-    t: &scheduler::Timings,
-) -> Value {
+fn stats(meta: &Meta, completion: u32, t: &scheduler::Timings) -> Value {
     let prompt_eval = t.ttft.unwrap_or_default().saturating_sub(t.queue);
     json!({
-        "total_duration": nanos(arrival.elapsed() + load),
-        "load_duration": nanos(load),
-        "prompt_eval_count": prompt_tokens,
+        "total_duration": nanos(meta.arrival.elapsed() + meta.load_duration),
+        "load_duration": nanos(meta.load_duration),
+        "prompt_eval_count": meta.prompt_tokens,
         "prompt_eval_duration": nanos(prompt_eval),
         "eval_count": completion,
         "eval_duration": nanos(t.decode),
     })
 }
 
-enum Shape {
+#[derive(Clone, Copy)]
+enum Kind {
     Chat,
     Generate,
 }
 
-async fn run(
+/// Ollama's tool calls carry their arguments as an object.
+fn tool_calls_json(calls: &[ToolCallFrame]) -> Value {
+    calls
+        .iter()
+        .map(|c| {
+            let args: Value = serde_json::from_str(&c.arguments).unwrap_or(json!({}));
+            json!({"function": {"index": c.index, "name": c.name, "arguments": args}})
+        })
+        .collect()
+}
+
+/// Ollama's lines: one per piece of a reply, then a final one with the statistics.
+struct Lines {
+    kind: Kind,
+    meta: Meta,
+    unload_after: bool,
     state: web::Data<AppState>,
-    model_query: String,
-    shape: Shape,
-    build: impl FnOnce(&crate::catalog::Served) -> Result<GenRequest, ApiError>,
-    stream_out: bool,
     keep_alive: Option<KeepAlive>,
-) -> Result<HttpResponse, ApiError> {
-    let unload_after = keep_alive.as_ref().is_some_and(KeepAlive::is_zero);
-    let served = state.catalog.resolve(&model_query)?;
-    let g = build(&served)?;
-    let mut generation = generate::start(&state, served, g).await?;
-    let model = generation.served.entry.name.clone();
-    let line = move |text: &str, done: Option<Value>| {
-        let mut v = json!({"model": model, "created_at": rfc3339(SystemTime::now())});
-        match shape {
-            Shape::Chat => v["message"] = json!({"role": "assistant", "content": text}),
-            Shape::Generate => v["response"] = json!(text),
+}
+
+impl Lines {
+    fn line(
+        &self,
+        text: &str,
+        thinking: &str,
+        calls: &[ToolCallFrame],
+        done: Option<Value>,
+    ) -> Value {
+        let mut v =
+            json!({"model": self.meta.served.entry.name, "created_at": rfc3339(SystemTime::now())});
+        match self.kind {
+            Kind::Chat => {
+                let mut m = json!({"role": "assistant", "content": text});
+                if !thinking.is_empty() {
+                    m["thinking"] = json!(thinking);
+                }
+                if !calls.is_empty() {
+                    m["tool_calls"] = tool_calls_json(calls);
+                }
+                v["message"] = m;
+            }
+            Kind::Generate => {
+                v["response"] = json!(text);
+                if !thinking.is_empty() {
+                    v["thinking"] = json!(thinking);
+                }
+            }
         }
         v["done"] = json!(done.is_some());
         if let Some(Value::Object(extra)) = done {
@@ -199,88 +254,93 @@ async fn run(
             }
         }
         v
-    };
-    let finish = {
-        let state = state.clone();
-        move |name: &str| apply_keep_alive(&state.catalog, name, keep_alive.as_ref())
-    };
-    let name = generation.served.entry.name.clone();
-    if !stream_out {
-        let (arrival, load, prompt_tokens) = (
-            generation.arrival,
-            generation.load_duration,
-            generation.prompt_tokens,
-        );
-        let (mut choices, _) = generation.collect(1).await?;
-        let ch = choices.remove(0);
-        let mut done = stats(
-            load,
-            arrival,
-            prompt_tokens,
-            ch.completion_tokens,
-            &ch.timings,
-        );
-        done["done_reason"] = json!(if unload_after {
+    }
+
+    /// The final line; the request's keep_alive applies from here.
+    fn done(&self, r: &Reply) -> Value {
+        let mut d = stats(&self.meta, r.completion_tokens, &r.timings);
+        d["done_reason"] = json!(if self.unload_after {
             "unload"
         } else {
-            reason_str(&ch.reason)
+            r.finish.as_str()
         });
-        finish(&name);
-        return Ok(HttpResponse::Ok().json(line(&ch.text, Some(done))));
+        if let Finish::Error(e) = &r.finish {
+            d["error"] = json!(e.message);
+        }
+        apply_keep_alive(
+            &self.state.catalog,
+            &self.meta.served.entry.name,
+            self.keep_alive.as_ref(),
+        );
+        d
     }
-    let first = generation.first().await?;
-    let body = stream::unfold(
-        (generation, first, false, line, finish, name),
-        move |(mut g, mut first, done, line, finish, name)| async move {
-            if done {
-                return None;
+}
+
+impl Shape for Lines {
+    fn frame(&mut self, frame: Frame) -> Vec<Value> {
+        match frame {
+            Frame::Text { text, .. } => vec![self.line(&text, "", &[], None)],
+            Frame::Reasoning { text, .. } => vec![self.line("", &text, &[], None)],
+            Frame::ToolCall { call, .. } => vec![self.line("", "", &[call], None)],
+            Frame::End {
+                finish,
+                completion_tokens,
+                timings,
+                ..
+            } => {
+                let r = Reply {
+                    finish,
+                    completion_tokens,
+                    timings,
+                    ..Reply::default()
+                };
+                let done = self.done(&r);
+                vec![self.line("", "", &[], Some(done))]
             }
-            let next = match first.take() {
-                Some(e) => Some(e),
-                None => g.events.next().await,
-            };
-            let (out, done) = match next {
-                Some((_, Event::Text { text, .. })) => (line(&text, None), false),
-                Some((
-                    _,
-                    Event::End {
-                        reason,
-                        completion_tokens,
-                        timings,
-                        ..
-                    },
-                )) => {
-                    let mut d = stats(
-                        g.load_duration,
-                        g.arrival,
-                        g.prompt_tokens,
-                        completion_tokens,
-                        &timings,
-                    );
-                    d["done_reason"] = json!(if unload_after {
-                        "unload"
-                    } else {
-                        reason_str(&reason)
-                    });
-                    if let FinishReason::Error(msg) = &reason {
-                        d["error"] = json!(msg);
-                    }
-                    finish(&name);
-                    (line("", Some(d)), true)
-                }
-                None => return None,
-            };
-            let mut bytes = out.to_string();
-            bytes.push('\n');
-            Some((
-                Ok::<_, actix_web::Error>(web::Bytes::from(bytes)),
-                (g, first, done, line, finish, name),
-            ))
-        },
-    );
-    Ok(HttpResponse::Ok()
-        .content_type("application/x-ndjson")
-        .streaming(body))
+            Frame::Role { .. } | Frame::KeepAlive => Vec::new(),
+        }
+    }
+}
+
+async fn run(
+    state: web::Data<AppState>,
+    http: &HttpRequest,
+    model_query: &str,
+    kind: Kind,
+    g: GenRequest,
+    stream_out: bool,
+    keep_alive: Option<KeepAlive>,
+) -> Result<HttpResponse, ApiError> {
+    let served = state.catalog.resolve(model_query)?;
+    let client = Client::of(http);
+    let unload_after = keep_alive.as_ref().is_some_and(KeepAlive::is_zero);
+    if !stream_out {
+        let (meta, mut replies) = generate::complete(&state, served, &g, &client).await?;
+        let r = replies.remove(0);
+        let lines = Lines {
+            kind,
+            meta,
+            unload_after,
+            state: state.clone(),
+            keep_alive,
+        };
+        let done = lines.done(&r);
+        return Ok(HttpResponse::Ok().json(lines.line(
+            &r.text,
+            &r.reasoning,
+            &r.tool_calls,
+            Some(done),
+        )));
+    }
+    let (meta, frames) = generate::stream(&state, served, &g, &client).await?;
+    let lines = Lines {
+        kind,
+        meta,
+        unload_after,
+        state: state.clone(),
+        keep_alive,
+    };
+    Ok(ndjson::response(frames, lines))
 }
 
 /// What a request's keep_alive asks once it is done: 0 unloads the model now, a duration
@@ -300,7 +360,7 @@ async fn load_or_unload(
     state: &web::Data<AppState>,
     model: &str,
     keep_alive: Option<KeepAlive>,
-    shape: Shape,
+    kind: Kind,
 ) -> Result<HttpResponse, ApiError> {
     let served = state.catalog.resolve(model)?;
     let unload = keep_alive.as_ref().is_some_and(KeepAlive::is_zero);
@@ -315,60 +375,80 @@ async fn load_or_unload(
         "done": true,
         "done_reason": reason,
     });
-    match shape {
-        Shape::Chat => v["message"] = json!({"role": "assistant", "content": ""}),
-        Shape::Generate => v["response"] = json!(""),
+    match kind {
+        Kind::Chat => v["message"] = json!({"role": "assistant", "content": ""}),
+        Kind::Generate => v["response"] = json!(""),
     }
     Ok(HttpResponse::Ok().json(v))
 }
 
-pub async fn chat(state: web::Data<AppState>, payload: web::Payload) -> HttpResponse {
-    let limit = state.catalog.config().server.max_body_bytes;
+fn messages(msgs: Vec<Msg>) -> Result<Vec<ChatMessage>, ApiError> {
+    msgs.into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            if m.images.as_ref().is_some_and(|im| !im.is_empty()) {
+                return Err(ApiError::bad_param(
+                    &format!("messages[{i}].images"),
+                    "images are not supported by rkserve",
+                ));
+            }
+            Ok(ChatMessage {
+                role: request::role(&m.role, || format!("messages[{i}].role"))?,
+                content: m.content,
+                tool_calls: m
+                    .tool_calls
+                    .unwrap_or_default()
+                    .into_iter()
+                    .enumerate()
+                    .map(|(j, c)| ToolCall {
+                        id: format!("call_{i}_{j}"),
+                        name: c.function.name,
+                        arguments: c.function.arguments.unwrap_or(json!({})),
+                    })
+                    .collect(),
+                tool_call_id: None,
+                name: m.tool_name,
+            })
+        })
+        .collect()
+}
+
+pub async fn chat(
+    state: web::Data<AppState>,
+    http: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
     let mut named = None;
     let result = async {
-        let req: ChatRequest = body::json(payload, limit).await?;
+        let req: ChatRequest = body::json(payload, &state.catalog.config().server).await?;
         named = Some(req.model.clone());
         let keep_alive = req.keep_alive;
         if req.messages.is_empty() {
-            return load_or_unload(&state, &req.model, keep_alive, Shape::Chat).await;
+            return load_or_unload(&state, &req.model, keep_alive, Kind::Chat).await;
         }
-        if req
-            .tools
-            .as_ref()
-            .is_some_and(|t| !t.is_null() && t != &json!([]))
-        {
-            return Err(ApiError::bad_request(
-                "tool calling is not supported by rkserve yet",
-            ));
-        }
-        if req
-            .messages
-            .iter()
-            .any(|m| m.images.as_ref().is_some_and(|i| !i.is_empty()))
-        {
-            return Err(ApiError::bad_request("images are not supported by rkserve"));
-        }
-        let msgs: Vec<ChatMessage> = req
-            .messages
-            .iter()
-            .map(|m| ChatMessage {
-                role: m.role.clone(),
-                content: m.content.clone(),
-                ..Default::default()
-            })
-            .collect();
-        let (options, format) = (req.options, req.format);
+        let messages = messages(req.messages)?;
+        // A conversation that ends with the assistant's words asks for more of them.
+        let continue_final = messages
+            .last()
+            .is_some_and(|m| m.role == "assistant" && m.tool_calls.is_empty());
+        let mut g = gen_request(
+            Prompt::Chat {
+                messages,
+                continue_final,
+            },
+            "messages",
+            req.options,
+            req.format.as_ref(),
+            req.think.as_ref(),
+        )?;
+        g.tools = request::tools_from(req.tools, None)?;
+        g.tool_choice = request::tool_choice_from(None, !g.tools.is_empty())?;
         run(
             state.clone(),
-            req.model,
-            Shape::Chat,
-            |served| {
-                let prompt = served
-                    .template
-                    .render(&msgs, true)
-                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
-                gen_request(prompt, "messages", options.as_ref(), &format)
-            },
+            &http,
+            &req.model,
+            Kind::Chat,
+            g,
             req.stream.unwrap_or(true),
             keep_alive,
         )
@@ -378,54 +458,48 @@ pub async fn chat(state: web::Data<AppState>, payload: web::Payload) -> HttpResp
     result.unwrap_or_else(|e| e.refuse(Api::Ollama, &state.catalog, named.as_deref()))
 }
 
-pub async fn generate(state: web::Data<AppState>, payload: web::Payload) -> HttpResponse {
-    let limit = state.catalog.config().server.max_body_bytes;
+pub async fn generate(
+    state: web::Data<AppState>,
+    http: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
     let mut named = None;
     let result = async {
-        let req: GenerateRequest = body::json(payload, limit).await?;
+        let req: GenerateRequest = body::json(payload, &state.catalog.config().server).await?;
         named = Some(req.model.clone());
         let keep_alive = req.keep_alive;
         if req.prompt.is_empty() {
-            return load_or_unload(&state, &req.model, keep_alive, Shape::Generate).await;
+            return load_or_unload(&state, &req.model, keep_alive, Kind::Generate).await;
         }
         if req.images.as_ref().is_some_and(|i| !i.is_empty()) {
-            return Err(ApiError::bad_request("images are not supported by rkserve"));
+            return Err(ApiError::bad_param(
+                "images",
+                "images are not supported by rkserve",
+            ));
         }
         if req.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
-            return Err(ApiError::bad_request(
+            return Err(ApiError::bad_param(
+                "suffix",
                 "suffix (fill-in-the-middle) is not supported by rkserve",
             ));
         }
-        let (prompt, system, raw, options, format) =
-            (req.prompt, req.system, req.raw, req.options, req.format);
+        let g = gen_request(
+            Prompt::Text {
+                prompts: vec![req.prompt],
+                raw: req.raw,
+                system: req.system,
+            },
+            "prompt",
+            req.options,
+            req.format.as_ref(),
+            req.think.as_ref(),
+        )?;
         run(
             state.clone(),
-            req.model,
-            Shape::Generate,
-            |served| {
-                let text = if raw {
-                    prompt
-                } else {
-                    let mut msgs = Vec::new();
-                    if let Some(s) = system {
-                        msgs.push(ChatMessage {
-                            role: "system".into(),
-                            content: s,
-                            ..Default::default()
-                        });
-                    }
-                    msgs.push(ChatMessage {
-                        role: "user".into(),
-                        content: prompt,
-                        ..Default::default()
-                    });
-                    served
-                        .template
-                        .render(&msgs, true)
-                        .map_err(|e| ApiError::bad_request(e.to_string()))?
-                };
-                gen_request(text, "prompt", options.as_ref(), &format)
-            },
+            &http,
+            &req.model,
+            Kind::Generate,
+            g,
             req.stream.unwrap_or(true),
             keep_alive,
         )
@@ -433,6 +507,16 @@ pub async fn generate(state: web::Data<AppState>, payload: web::Payload) -> Http
     }
     .await;
     result.unwrap_or_else(|e| e.refuse(Api::Ollama, &state.catalog, named.as_deref()))
+}
+
+/// What Ollama clients look for before offering a feature: every model can be given tools
+/// (rendered natively or emulated), and thinking models say so.
+fn capabilities(s: &crate::catalog::Served) -> Value {
+    let mut c = vec!["completion", "tools"];
+    if s.template.thinks() {
+        c.push("thinking");
+    }
+    json!(c)
 }
 
 fn details(s: &crate::catalog::Served) -> Value {
@@ -531,9 +615,8 @@ pub struct ShowRequest {
 }
 
 pub async fn show(state: web::Data<AppState>, payload: web::Payload) -> HttpResponse {
-    let limit = state.catalog.config().server.max_body_bytes;
     let result = async {
-        let req: ShowRequest = body::json(payload, limit).await?;
+        let req: ShowRequest = body::json(payload, &state.catalog.config().server).await?;
         let query = req
             .model
             .or(req.name)
@@ -556,7 +639,7 @@ pub async fn show(state: web::Data<AppState>, payload: web::Payload) -> HttpResp
             "template": s.template.source(),
             "details": details(&s),
             "model_info": info,
-            "capabilities": ["completion"],
+            "capabilities": capabilities(&s),
             "modified_at": rfc3339(s.entry.modified),
         })))
     }

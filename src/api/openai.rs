@@ -1,31 +1,23 @@
-//! The OpenAI API: `/v1/chat/completions`, `/v1/completions`, `/v1/models`.
+//! The OpenAI API: `/v1/chat/completions`, `/v1/completions`, `/v1/models`. Requests are
+//! parsed into the shared [`GenRequest`]; replies and stream chunks are built from frames.
 
 use super::body;
+use super::disconnect::Client;
 use super::error::{Api, ApiError};
-use super::generate::{self, reason_str, unix_now, GenRequest, Generation};
-use super::AppState;
-use actix_web::{web, HttpResponse};
-use chat_template::ChatMessage;
-use futures_util::stream::{self, StreamExt};
-use scheduler::{Event, FinishReason};
+use super::frames::{Finish, Frame, Reply, Shape};
+use super::generate::{self, Meta};
+use super::request::{self, GenRequest, Prompt, SamplingFields};
+use super::{sse, AppState};
+use actix_web::{web, HttpRequest, HttpResponse};
+use chat_template::{ChatMessage, ToolCall};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::time::Duration;
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
     Many(Vec<String>),
-}
-
-impl OneOrMany {
-    fn into_vec(self) -> Vec<String> {
-        match self {
-            OneOrMany::One(s) => vec![s],
-            OneOrMany::Many(v) => v,
-        }
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -44,16 +36,43 @@ pub struct Part {
 }
 
 #[derive(Debug, Deserialize)]
+pub struct WireToolCall {
+    #[serde(default)]
+    id: Option<String>,
+    function: WireFunction,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct WireFunction {
+    name: String,
+    /// A JSON text in OpenAI's API (some clients send the object itself).
+    #[serde(default)]
+    arguments: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
 pub struct Message {
     role: String,
     #[serde(default)]
     content: Option<Content>,
+    #[serde(default)]
+    tool_calls: Option<Vec<WireToolCall>>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 pub struct StreamOptions {
     #[serde(default)]
     include_usage: bool,
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct TemplateKwargs {
+    #[serde(default)]
+    enable_thinking: Option<bool>,
 }
 
 /// Chat and text completion requests in one struct (`messages` for one, `prompt` for the
@@ -64,8 +83,9 @@ pub struct Common {
     model: String,
     #[serde(default)]
     messages: Option<Vec<Message>>,
+    /// A string or a list of strings; token arrays are refused by name.
     #[serde(default)]
-    prompt: Option<OneOrMany>,
+    prompt: Option<Value>,
     #[serde(default)]
     max_tokens: Option<u32>,
     #[serde(default)]
@@ -94,17 +114,31 @@ pub struct Common {
     stream_options: Option<StreamOptions>,
     #[serde(default)]
     n: Option<usize>,
-    // Features a client would silently miss: refused when asked for.
-    #[serde(default)]
-    logprobs: Option<Value>,
-    #[serde(default)]
-    top_logprobs: Option<Value>,
     #[serde(default)]
     tools: Option<Value>,
     #[serde(default)]
     functions: Option<Value>,
     #[serde(default)]
+    tool_choice: Option<Value>,
+    #[serde(default)]
+    function_call: Option<Value>,
+    #[serde(default)]
+    parallel_tool_calls: Option<bool>,
+    #[serde(default)]
     response_format: Option<Value>,
+    /// Any value but "none" turns a thinking model's reasoning on.
+    #[serde(default)]
+    reasoning_effort: Option<String>,
+    #[serde(default)]
+    chat_template_kwargs: Option<TemplateKwargs>,
+    /// vLLM's: continue the final assistant message instead of closing it.
+    #[serde(default)]
+    continue_final_message: Option<bool>,
+    // Features a client would silently miss: refused when asked for.
+    #[serde(default)]
+    logprobs: Option<Value>,
+    #[serde(default)]
+    top_logprobs: Option<Value>,
     #[serde(default)]
     echo: Option<bool>,
     #[serde(default)]
@@ -121,25 +155,8 @@ fn refuse_unsupported(c: &Common) -> Result<(), ApiError> {
     if truthy(&c.logprobs) || truthy(&c.top_logprobs) {
         return Err(ApiError::bad_param(
             "logprobs",
-            "logprobs are not supported by rkserve",
+            "logprobs are not supported: Rockchip's runtime gives no logits in batched runs",
         ));
-    }
-    if truthy(&c.tools) || truthy(&c.functions) {
-        return Err(ApiError::bad_param(
-            "tools",
-            "tool calling is not supported by rkserve yet",
-        ));
-    }
-    if let Some(f) = &c.response_format {
-        if f.get("type")
-            .and_then(Value::as_str)
-            .is_some_and(|t| t != "text")
-        {
-            return Err(ApiError::bad_param(
-                "response_format",
-                "structured output (json_object, json_schema) is not supported by rkserve",
-            ));
-        }
     }
     if c.echo == Some(true) {
         return Err(ApiError::bad_param(
@@ -163,36 +180,55 @@ fn refuse_unsupported(c: &Common) -> Result<(), ApiError> {
 }
 
 fn gen_request(
-    c: &Common,
-    prompt: String,
-    prompt_param: &'static str,
+    c: &mut Common,
+    prompt: Prompt,
+    param: &'static str,
 ) -> Result<GenRequest, ApiError> {
     refuse_unsupported(c)?;
-    if c.max_completion_tokens.or(c.max_tokens) == Some(0) {
-        return Err(ApiError::bad_param(
-            "max_tokens",
-            "max_tokens must be at least 1",
-        ));
+    let mut g = GenRequest::new(prompt, param);
+    g.sampling = SamplingFields {
+        temperature: c.temperature,
+        top_p: c.top_p,
+        top_k: c.top_k,
+        repeat_penalty: c.repeat_penalty,
+        frequency_penalty: c.frequency_penalty,
+        presence_penalty: c.presence_penalty,
     }
-    Ok(GenRequest {
-        prompt,
-        prompt_param,
-        sampling: generate::sampling(
-            c.temperature,
-            c.top_p,
-            c.top_k,
-            c.repeat_penalty,
-            c.frequency_penalty,
-            c.presence_penalty,
-        )?,
-        max_tokens: c.max_completion_tokens.or(c.max_tokens),
-        stop: match &c.stop {
-            Some(OneOrMany::One(s)) => vec![s.clone()],
-            Some(OneOrMany::Many(v)) => v.clone(),
-            None => vec![],
-        },
-        n: c.n.unwrap_or(1),
-    })
+    .sampling()?;
+    g.max_tokens = c.max_completion_tokens.or(c.max_tokens);
+    g.stop = match c.stop.take() {
+        Some(OneOrMany::One(s)) => vec![s],
+        Some(OneOrMany::Many(v)) => v,
+        None => vec![],
+    };
+    g.n = c.n.unwrap_or(1);
+    g.tools = request::tools_from(c.tools.take(), c.functions.take())?;
+    g.tool_choice = request::tool_choice_from(
+        c.tool_choice.as_ref().or(c.function_call.as_ref()),
+        !g.tools.is_empty(),
+    )?;
+    g.parallel_tool_calls = c.parallel_tool_calls.unwrap_or(true);
+    g.format = request::format_from_openai(c.response_format.as_ref())?;
+    g.thinking = c
+        .chat_template_kwargs
+        .as_ref()
+        .and_then(|k| k.enable_thinking)
+        .or(c.reasoning_effort.as_deref().map(|e| e != "none"));
+    Ok(g)
+}
+
+/// History tool calls carry their arguments as a JSON text; templates want the object.
+fn tool_call(c: WireToolCall, i: usize) -> ToolCall {
+    let arguments = match c.function.arguments {
+        Some(Value::String(s)) => serde_json::from_str(&s).unwrap_or(Value::String(s)),
+        Some(v) => v,
+        None => json!({}),
+    };
+    ToolCall {
+        id: c.id.unwrap_or_else(|| format!("call_{i}")),
+        name: c.function.name,
+        arguments,
+    }
 }
 
 fn messages(msgs: Vec<Message>) -> Result<Vec<ChatMessage>, ApiError> {
@@ -225,72 +261,114 @@ fn messages(msgs: Vec<Message>) -> Result<Vec<ChatMessage>, ApiError> {
                     text
                 }
             };
-            let role = match m.role.as_str() {
-                "developer" => "system".to_string(),
-                r @ ("system" | "user" | "assistant" | "tool") => r.to_string(),
-                other => {
-                    return Err(ApiError::bad_param(
-                        &format!("messages[{i}].role"),
-                        format!("unknown role '{other}'"),
-                    ))
-                }
-            };
             Ok(ChatMessage {
-                role,
+                role: request::role(&m.role, || format!("messages[{i}].role"))?,
                 content,
-                ..Default::default()
+                tool_calls: m
+                    .tool_calls
+                    .unwrap_or_default()
+                    .into_iter()
+                    .enumerate()
+                    .map(|(j, c)| tool_call(c, j))
+                    .collect(),
+                tool_call_id: m.tool_call_id,
+                name: m.name,
             })
         })
         .collect()
 }
 
-pub async fn chat(state: web::Data<AppState>, payload: web::Payload) -> HttpResponse {
-    let limit = state.catalog.config().server.max_body_bytes;
+/// A text prompt or a list of them; OpenAI also allows token ids, which need the model's
+/// exact tokenizer on the client's side: refused by name rather than with a serde message.
+fn prompts(v: Value) -> Result<Vec<String>, ApiError> {
+    let token_arrays = || {
+        ApiError::bad_param(
+            "prompt",
+            "token-id prompts are not supported by rkserve; send the prompt as text",
+        )
+    };
+    match v {
+        Value::String(s) => Ok(vec![s]),
+        Value::Array(items) if items.is_empty() => {
+            Err(ApiError::bad_param("prompt", "prompt must not be empty"))
+        }
+        Value::Array(items) => items
+            .into_iter()
+            .map(|i| match i {
+                Value::String(s) => Ok(s),
+                Value::Number(_) | Value::Array(_) => Err(token_arrays()),
+                _ => Err(ApiError::bad_param(
+                    "prompt",
+                    "prompt must be a string or a list of strings",
+                )),
+            })
+            .collect(),
+        _ => Err(ApiError::bad_param(
+            "prompt",
+            "prompt must be a string or a list of strings",
+        )),
+    }
+}
+
+pub async fn chat(
+    state: web::Data<AppState>,
+    http: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
     let mut named = None;
     let result = async {
-        let mut req: Common = body::json(payload, limit).await?;
+        let mut req: Common = body::json(payload, &state.catalog.config().server).await?;
         named = Some(req.model.clone());
         let msgs = req
             .messages
             .take()
             .ok_or_else(|| ApiError::bad_param("messages", "missing field 'messages'"))?;
-        let served = state.catalog.resolve(&req.model)?;
-        let msgs = messages(msgs)?;
-        let prompt = served
-            .template
-            .render(&msgs, true)
-            .map_err(|e| ApiError::bad_param("messages", e.to_string()))?;
-        let g = gen_request(&req, prompt, "messages")?;
-        respond(&state, served, g, &req, Kind::Chat).await
+        let messages = messages(msgs)?;
+        // A conversation that ends with the assistant's words asks for more of them (Open
+        // WebUI's "continue response"), as Ollama does; vLLM's flag can say otherwise.
+        let continue_final = req.continue_final_message.unwrap_or_else(|| {
+            messages
+                .last()
+                .is_some_and(|m| m.role == "assistant" && m.tool_calls.is_empty())
+        });
+        let g = gen_request(
+            &mut req,
+            Prompt::Chat {
+                messages,
+                continue_final,
+            },
+            "messages",
+        )?;
+        respond(&state, &http, &req, g, Kind::Chat).await
     }
     .await;
     result.unwrap_or_else(|e| e.refuse(Api::OpenAi, &state.catalog, named.as_deref()))
 }
 
-pub async fn completions(state: web::Data<AppState>, payload: web::Payload) -> HttpResponse {
-    let limit = state.catalog.config().server.max_body_bytes;
+pub async fn completions(
+    state: web::Data<AppState>,
+    http: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
     let mut named = None;
     let result = async {
-        let mut req: Common = body::json(payload, limit).await?;
+        let mut req: Common = body::json(payload, &state.catalog.config().server).await?;
         named = Some(req.model.clone());
-        let prompts = req
-            .prompt
-            .take()
-            .ok_or_else(|| ApiError::bad_param("prompt", "missing field 'prompt'"))?
-            .into_vec();
-        if prompts.len() != 1 {
-            return Err(ApiError::bad_param(
-                "prompt",
-                "send exactly one prompt per request",
-            ));
-        }
-        let served = state.catalog.resolve(&req.model)?;
+        let prompts = prompts(
+            req.prompt
+                .take()
+                .ok_or_else(|| ApiError::bad_param("prompt", "missing field 'prompt'"))?,
+        )?;
         let g = gen_request(
-            &req,
-            prompts.into_iter().next().unwrap_or_default(),
+            &mut req,
+            Prompt::Text {
+                prompts,
+                raw: true,
+                system: None,
+            },
             "prompt",
         )?;
-        respond(&state, served, g, &req, Kind::Text).await
+        respond(&state, &http, &req, g, Kind::Text).await
     }
     .await;
     result.unwrap_or_else(|e| e.refuse(Api::OpenAi, &state.catalog, named.as_deref()))
@@ -310,15 +388,49 @@ fn usage(prompt: usize, completion: u64) -> Value {
     })
 }
 
+fn tool_calls_json(calls: &[super::frames::ToolCallFrame]) -> Value {
+    calls
+        .iter()
+        .map(|c| {
+            json!({
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments},
+            })
+        })
+        .collect()
+}
+
+fn choice(kind: Kind, i: usize, r: &Reply) -> Value {
+    match kind {
+        Kind::Chat => {
+            let mut message = json!({"role": "assistant", "content": r.text});
+            if !r.tool_calls.is_empty() {
+                message["tool_calls"] = tool_calls_json(&r.tool_calls);
+                if r.text.is_empty() {
+                    message["content"] = Value::Null;
+                }
+            }
+            if !r.reasoning.is_empty() {
+                message["reasoning_content"] = json!(r.reasoning);
+            }
+            json!({"index": i, "message": message, "logprobs": null, "finish_reason": r.finish.as_str()})
+        }
+        Kind::Text => {
+            json!({"index": i, "text": r.text, "logprobs": null, "finish_reason": r.finish.as_str()})
+        }
+    }
+}
+
 async fn respond(
     state: &web::Data<AppState>,
-    served: std::sync::Arc<crate::catalog::Served>,
-    g: GenRequest,
+    http: &HttpRequest,
     c: &Common,
+    g: GenRequest,
     kind: Kind,
 ) -> Result<HttpResponse, ApiError> {
-    let n = g.n;
-    let mut generation = generate::start(state, served, g).await?;
+    let served = state.catalog.resolve(&c.model)?;
+    let client = Client::of(http);
     let id = format!(
         "{}-{:x}",
         if kind == Kind::Chat {
@@ -328,177 +440,150 @@ async fn respond(
         },
         rand_id()
     );
-    let created = unix_now();
-    let model = generation.served.entry.name.clone();
+    let created = super::unix_now();
     if !c.stream {
-        let (choices, generation) = generation.collect(n).await?;
-        let completion: u64 = choices.iter().map(|c| u64::from(c.completion_tokens)).sum();
-        let choices: Vec<Value> = choices
-            .into_iter()
+        let (meta, replies) = generate::complete(state, served, &g, &client).await?;
+        let completion: u64 = replies.iter().map(|r| u64::from(r.completion_tokens)).sum();
+        let choices: Vec<Value> = replies
+            .iter()
             .enumerate()
-            .map(|(i, ch)| match kind {
-                Kind::Chat => json!({
-                    "index": i,
-                    "message": {"role": "assistant", "content": ch.text},
-                    "logprobs": null,
-                    "finish_reason": reason_str(&ch.reason),
-                }),
-                Kind::Text => json!({
-                    "index": i,
-                    "text": ch.text,
-                    "logprobs": null,
-                    "finish_reason": reason_str(&ch.reason),
-                }),
-            })
+            .map(|(i, r)| choice(kind, i, r))
             .collect();
         return Ok(HttpResponse::Ok().json(json!({
             "id": id,
             "object": if kind == Kind::Chat { "chat.completion" } else { "text_completion" },
             "created": created,
-            "model": model,
+            "model": meta.served.entry.name,
             "system_fingerprint": null,
             "choices": choices,
-            "usage": usage(generation.prompt_tokens, completion),
+            "usage": usage(meta.prompt_tokens, completion),
         })));
     }
-
-    let include_usage = c.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    let first = generation.first().await?;
-    let object = if kind == Kind::Chat {
-        "chat.completion.chunk"
-    } else {
-        "text_completion"
+    let (meta, frames) = generate::stream(state, served, &g, &client).await?;
+    let shape = Chunks {
+        id,
+        created,
+        kind,
+        include_usage: c.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        completion: 0,
+        meta,
     };
-    let chunk = move |choices: Value| {
+    Ok(sse::response(frames, shape))
+}
+
+/// OpenAI's stream chunks.
+struct Chunks {
+    id: String,
+    created: u64,
+    kind: Kind,
+    include_usage: bool,
+    completion: u64,
+    meta: Meta,
+}
+
+impl Chunks {
+    fn chunk(&self, choices: Value) -> Value {
         let mut v = json!({
-            "id": id,
-            "object": object,
-            "created": created,
-            "model": model,
+            "id": self.id,
+            "object": if self.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" },
+            "created": self.created,
+            "model": self.meta.served.entry.name,
             "system_fingerprint": null,
             "choices": choices,
         });
-        if include_usage {
+        if self.include_usage {
             v["usage"] = Value::Null;
         }
         v
-    };
-    let choice = move |i: usize, text: Option<&str>, role: bool, finish: Option<&str>| match kind {
-        Kind::Chat => {
-            let mut delta = json!({});
-            if role {
-                delta["role"] = json!("assistant");
-            }
-            if let Some(t) = text {
-                delta["content"] = json!(t);
-            }
-            json!([{"index": i, "delta": delta, "logprobs": null, "finish_reason": finish}])
-        }
-        Kind::Text => {
-            json!([{"index": i, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish}])
-        }
-    };
+    }
 
-    struct S<F, G> {
-        generation: Generation,
-        pending: std::collections::VecDeque<String>,
-        first: Option<(usize, Event)>,
-        completion: u64,
-        open: usize,
-        done: bool,
-        chunk: F,
-        choice: G,
-        include_usage: bool,
+    fn delta(&self, choice: usize, delta: Value, finish: Option<&str>) -> Value {
+        self.chunk(
+            json!([{"index": choice, "delta": delta, "logprobs": null, "finish_reason": finish}]),
+        )
     }
-    let mut pending = std::collections::VecDeque::new();
-    if kind == Kind::Chat {
-        for i in 0..n {
-            pending.push_back(sse(&chunk(choice(i, Some(""), true, None))));
+
+    fn text(&self, choice: usize, text: &str, finish: Option<&str>) -> Value {
+        match self.kind {
+            Kind::Chat => self.delta(
+                choice,
+                if text.is_empty() {
+                    json!({})
+                } else {
+                    json!({"content": text})
+                },
+                finish,
+            ),
+            Kind::Text => self.chunk(
+                json!([{"index": choice, "text": text, "logprobs": null, "finish_reason": finish}]),
+            ),
         }
     }
-    let s = S {
-        generation,
-        pending,
-        first,
-        completion: 0,
-        open: n,
-        done: false,
-        chunk,
-        choice,
-        include_usage,
-    };
-    let body = stream::unfold(s, |mut s| async move {
-        loop {
-            if let Some(line) = s.pending.pop_front() {
-                return Some((Ok::<_, actix_web::Error>(web::Bytes::from(line)), s));
-            }
-            if s.done {
-                return None;
-            }
-            let next = match s.first.take() {
-                Some(e) => Some(e),
-                None => {
-                    match tokio::time::timeout(Duration::from_secs(15), s.generation.events.next())
-                        .await
-                    {
-                        Ok(e) => e,
-                        // Proxies close idle connections; a comment line keeps this one open.
-                        Err(_) => {
-                            s.pending.push_back(": keep-alive\n\n".into());
-                            continue;
-                        }
-                    }
-                }
-            };
-            match next {
-                Some((i, Event::Text { text, .. })) => {
-                    s.pending
-                        .push_back(sse(&(s.chunk)((s.choice)(i, Some(&text), false, None))));
-                }
-                Some((
-                    i,
-                    Event::End {
-                        reason,
-                        completion_tokens,
-                        ..
-                    },
-                )) => {
-                    s.completion += u64::from(completion_tokens);
-                    if let FinishReason::Error(msg) = &reason {
-                        s.pending.push_back(sse(&json!({"error": {
-                            "message": msg, "type": "server_error", "param": null, "code": null
-                        }})));
-                    }
-                    s.pending.push_back(sse(&(s.chunk)((s.choice)(
-                        i,
-                        None,
-                        false,
-                        Some(reason_str(&reason)),
-                    ))));
-                    s.open -= 1;
-                }
-                None => s.open = 0,
-            }
-            if s.open == 0 {
-                if s.include_usage {
-                    let mut u = (s.chunk)(json!([]));
-                    u["usage"] = usage(s.generation.prompt_tokens, s.completion);
-                    s.pending.push_back(sse(&u));
-                }
-                s.pending.push_back("data: [DONE]\n\n".into());
-                s.done = true;
-            }
-        }
-    });
-    Ok(HttpResponse::Ok()
-        .content_type("text/event-stream")
-        .insert_header(("Cache-Control", "no-cache"))
-        .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(body))
 }
 
-fn sse(v: &Value) -> String {
-    format!("data: {v}\n\n")
+/// Splits a JSON text in two at a character boundary: arguments arrive in pieces, as
+/// OpenAI streams them, and clients must append them.
+fn halves(s: &str) -> (&str, &str) {
+    let mut mid = s.len() / 2;
+    while !s.is_char_boundary(mid) {
+        mid += 1;
+    }
+    s.split_at(mid)
+}
+
+impl Shape for Chunks {
+    fn frame(&mut self, frame: Frame) -> Vec<Value> {
+        match frame {
+            Frame::Role { choice } if self.kind == Kind::Chat => {
+                vec![self.delta(choice, json!({"role": "assistant", "content": ""}), None)]
+            }
+            Frame::Text { choice, text } => vec![self.text(choice, &text, None)],
+            Frame::Reasoning { choice, text } if self.kind == Kind::Chat => {
+                vec![self.delta(choice, json!({"reasoning_content": text}), None)]
+            }
+            Frame::ToolCall { choice, call } if self.kind == Kind::Chat => {
+                let (a, b) = halves(&call.arguments);
+                let mut out = vec![self.delta(
+                    choice,
+                    json!({"tool_calls": [{"index": call.index, "id": call.id, "type": "function",
+                        "function": {"name": call.name, "arguments": ""}}]}),
+                    None,
+                )];
+                for piece in [a, b].into_iter().filter(|p| !p.is_empty()) {
+                    out.push(self.delta(
+                        choice,
+                        json!({"tool_calls": [{"index": call.index, "function": {"arguments": piece}}]}),
+                        None,
+                    ));
+                }
+                out
+            }
+            Frame::End {
+                choice,
+                finish,
+                completion_tokens,
+                ..
+            } => {
+                self.completion += u64::from(completion_tokens);
+                let mut out = Vec::new();
+                if let Finish::Error(e) = &finish {
+                    out.push(e.body(Api::OpenAi));
+                }
+                out.push(self.text(choice, "", Some(finish.as_str())));
+                out
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn end(&mut self) -> Vec<Value> {
+        if !self.include_usage {
+            return Vec::new();
+        }
+        let mut u = self.chunk(json!([]));
+        u["usage"] = usage(self.meta.prompt_tokens, self.completion);
+        vec![u]
+    }
 }
 
 fn rand_id() -> u64 {
