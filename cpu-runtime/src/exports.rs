@@ -30,6 +30,15 @@ pub fn family() -> AbiFamily {
     })
 }
 
+/// `int rkllm_cpu_abi_family(void)`: 12 or 13, the family this library's structs follow. Not
+/// part of Rockchip's API (its library speaks one family and cannot say which): the `rkllm`
+/// crate calls it when present and refuses to load a library of the other family, instead of
+/// passing structs of the wrong layout.
+#[unsafe(no_mangle)]
+pub extern "C" fn rkllm_cpu_abi_family() -> c_int {
+    family().code()
+}
+
 // Handles given to the caller are keys into this table, not pointers: a stale or forged
 // handle is reported as an error instead of being dereferenced.
 fn handles() -> &'static Mutex<HashMap<usize, Arc<RtHandle>>> {
