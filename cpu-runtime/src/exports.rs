@@ -30,6 +30,30 @@ pub fn family() -> AbiFamily {
     })
 }
 
+/// `int rkllm_cpu_abi_family(void)`: 12 or 13, the family this library's structs follow. Not
+/// part of Rockchip's API (its library speaks one family and cannot say which): the `rkllm`
+/// crate calls it when present and refuses to load a library of the other family, instead of
+/// passing structs of the wrong layout.
+#[unsafe(no_mangle)]
+pub extern "C" fn rkllm_cpu_abi_family() -> c_int {
+    family().code()
+}
+
+/// Kills the process with SIGSEGV (the synthetic engine's `faults.segfault_after_tokens`).
+pub(crate) fn raise_segfault() -> ! {
+    // SAFETY: raise() only delivers a signal to the calling thread; no memory is involved.
+    unsafe { libc::raise(libc::SIGSEGV) };
+    // Still alive: a host handler returned, as Rust's own stack-overflow handler does after
+    // restoring the default action, counting on the faulting instruction to run again. A
+    // raised signal has no such instruction, so raise it once more under the default action.
+    // SAFETY: resets SIGSEGV to its default disposition and raises it; nothing else changes.
+    unsafe {
+        libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+        libc::raise(libc::SIGSEGV);
+    }
+    std::process::abort()
+}
+
 // Handles given to the caller are keys into this table, not pointers: a stale or forged
 // handle is reported as an error instead of being dereferenced.
 fn handles() -> &'static Mutex<HashMap<usize, Arc<RtHandle>>> {

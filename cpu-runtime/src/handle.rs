@@ -261,7 +261,8 @@ fn serve(
                 userdata,
                 done,
             } => {
-                let mut reporter = CReporter::new(callback, userdata as *mut _, n_batch);
+                let mut reporter = CReporter::new(callback, userdata as *mut _, n_batch)
+                    .with_finish_results(engine.finish_results());
                 let code = match generate(engine, &req, abort, &mut reporter) {
                     Ok(_) => 0,
                     Err(e) => {

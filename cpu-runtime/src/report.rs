@@ -2,15 +2,29 @@
 //! Buffers are allocated once per run and reused every step.
 
 use crate::generate::StepSink;
-use rkllm::abi::{call_state, callback_return, LLMResultCallback, RKLLMResult};
+use rkllm::abi::{call_state, callback_return, LLMResultCallback, RKLLMPerfStat, RKLLMResult};
 use rkllm::{Flow, SlotResult};
+use serde::Deserialize;
 use std::ffi::{c_int, c_void};
+
+/// How many results the FINISH and ERROR callbacks pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishResults {
+    /// One per slot, each with that slot's final perf stats.
+    #[default]
+    All,
+    /// One, carrying the batch's totals: the one public encoding of Rockchip's batched
+    /// callback does this, so a consumer that reads n_batch results there reads past it.
+    Single,
+}
 
 pub struct CReporter {
     callback: Option<LLMResultCallback>,
     userdata: *mut c_void,
     results: Vec<RKLLMResult>,
     texts: Vec<Vec<u8>>,
+    finish: FinishResults,
 }
 
 impl CReporter {
@@ -20,7 +34,13 @@ impl CReporter {
             userdata,
             results: vec![RKLLMResult::EMPTY; n_batch],
             texts: (0..n_batch).map(|_| Vec::with_capacity(64)).collect(),
+            finish: FinishResults::All,
         }
+    }
+
+    pub fn with_finish_results(mut self, finish: FinishResults) -> Self {
+        self.finish = finish;
+        self
     }
 
     /// Reports ERROR with every slot finished.
@@ -36,28 +56,55 @@ impl CReporter {
     }
 }
 
+/// The whole batch's figures: prefill and decode run for all slots at once, so times are the
+/// longest slot's and token counts add up.
+fn batch_totals(slots: &[SlotResult<'_>]) -> RKLLMPerfStat {
+    slots.iter().fold(RKLLMPerfStat::default(), |mut t, s| {
+        t.prefill_time_ms = t.prefill_time_ms.max(s.perf.prefill_time_ms);
+        t.prefill_tokens += s.perf.prefill_tokens;
+        t.generate_time_ms = t.generate_time_ms.max(s.perf.generate_time_ms);
+        t.generate_tokens += s.perf.generate_tokens;
+        t.memory_usage_mb = t.memory_usage_mb.max(s.perf.memory_usage_mb);
+        t
+    })
+}
+
 impl StepSink for CReporter {
     fn step(&mut self, state: c_int, slots: &[SlotResult<'_>]) -> Flow {
         let Some(callback) = self.callback else {
             return Flow::Continue;
         };
-        for (i, s) in slots.iter().enumerate().take(self.results.len()) {
-            let r = &mut self.results[i];
-            r.token_id = s.token_id;
-            r.perf = s.perf;
-            r.text = match s.text {
-                Some(t) => {
-                    let buf = &mut self.texts[i];
-                    buf.clear();
-                    buf.extend_from_slice(t);
-                    buf.push(0);
-                    buf.as_ptr().cast()
-                }
-                None => std::ptr::null(),
-            };
+        let single = self.finish == FinishResults::Single
+            && matches!(state, call_state::FINISH | call_state::ERROR);
+        let n = if single {
+            self.results.len().min(1)
+        } else {
+            for (i, s) in slots.iter().enumerate().take(self.results.len()) {
+                let r = &mut self.results[i];
+                r.token_id = s.token_id;
+                r.perf = s.perf;
+                r.text = match s.text {
+                    Some(t) => {
+                        let buf = &mut self.texts[i];
+                        buf.clear();
+                        buf.extend_from_slice(t);
+                        buf.push(0);
+                        buf.as_ptr().cast()
+                    }
+                    None => std::ptr::null(),
+                };
+            }
+            self.results.len()
+        };
+        if single {
+            if let Some(r) = self.results.first_mut() {
+                *r = RKLLMResult::EMPTY;
+                r.token_id = -1;
+                r.perf = batch_totals(slots);
+            }
         }
         let ret =
-            crate::exports::invoke_callback(callback, &mut self.results, self.userdata, state);
+            crate::exports::invoke_callback(callback, &mut self.results[..n], self.userdata, state);
         if ret == callback_return::PAUSE {
             Flow::Pause
         } else {

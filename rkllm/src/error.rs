@@ -13,6 +13,18 @@ pub enum LoadError {
     },
     #[error("{path} is not an RKLLM runtime: it lacks the symbol `{symbol}`")]
     MissingSymbol { path: PathBuf, symbol: &'static str },
+    #[error(
+        "{path} speaks RKLLM ABI family {library}, but family {requested} was requested: \
+         set --runtime-abi {library} (config runtime_abi = \"{library}\"; rkllm-run --abi \
+         {library}), or start rkserve's CPU runtime with RKLLM_CPU_ABI={requested}"
+    )]
+    AbiMismatch {
+        path: PathBuf,
+        requested: crate::AbiFamily,
+        library: crate::AbiFamily,
+    },
+    #[error("{path} reports an unknown RKLLM ABI family {code} (rkllm_cpu_abi_family); expected 12 or 13")]
+    UnknownAbi { path: PathBuf, code: i32 },
 }
 
 /// Errors from an initialised runtime.

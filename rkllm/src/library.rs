@@ -27,6 +27,24 @@ impl fmt::Display for AbiFamily {
     }
 }
 
+impl AbiFamily {
+    /// The number rkserve's CPU runtime returns from `rkllm_cpu_abi_family` for this family.
+    pub fn code(self) -> i32 {
+        match self {
+            AbiFamily::V1_2 => 12,
+            AbiFamily::V1_3 => 13,
+        }
+    }
+
+    pub fn from_code(code: i32) -> Option<AbiFamily> {
+        match code {
+            12 => Some(AbiFamily::V1_2),
+            13 => Some(AbiFamily::V1_3),
+            _ => None,
+        }
+    }
+}
+
 impl FromStr for AbiFamily {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -105,9 +123,34 @@ fn required<T: Copy>(
     })
 }
 
+/// `int rkllm_cpu_abi_family(void)`, exported by rkserve's CPU runtime only.
+type AbiFamilyFn = unsafe extern "C" fn() -> std::ffi::c_int;
+
+/// A library that says which family it speaks must be the one requested: with the other
+/// family's struct layouts, the first `rkllm_init` or `rkllm_run` reads garbage.
+fn check_family(path: &Path, requested: AbiFamily, reported: Option<i32>) -> Result<(), LoadError> {
+    let Some(code) = reported else {
+        // Rockchip's library cannot say; the configuration is trusted, as it must be.
+        return Ok(());
+    };
+    match AbiFamily::from_code(code) {
+        Some(library) if library == requested => Ok(()),
+        Some(library) => Err(LoadError::AbiMismatch {
+            path: path.to_path_buf(),
+            requested,
+            library,
+        }),
+        None => Err(LoadError::UnknownAbi {
+            path: path.to_path_buf(),
+            code,
+        }),
+    }
+}
+
 fn optional<T: Copy>(lib: &libloading::Library, symbol: &'static str) -> Option<T> {
-    // SAFETY: T is one of the fn-pointer types of `abi`, declared to match rkllm.h for the
-    // family the caller chose; the pointer is copied out and used only while `lib` is loaded.
+    // SAFETY: T is one of the fn-pointer types of `abi` (or `AbiFamilyFn`), declared to match
+    // the symbol's C declaration for the family the caller chose; the pointer is copied out
+    // and used only while `lib` is loaded.
     unsafe { lib.get::<T>(symbol.as_bytes()).ok().map(|s| *s) }
 }
 
@@ -124,6 +167,11 @@ impl Runtime {
             path: path.to_path_buf(),
             source,
         })?;
+        let report: Option<AbiFamilyFn> = optional(&lib, "rkllm_cpu_abi_family");
+        // SAFETY: `int rkllm_cpu_abi_family(void)` takes nothing and only reads the library's
+        // configuration; `lib` is loaded for the call.
+        let reported = report.map(|f| unsafe { f() });
+        check_family(path, family, reported)?;
         let family_fns = match family {
             AbiFamily::V1_2 => FamilyFns::V1_2 {
                 create_default: required(&lib, path, "rkllm_createDefaultParam")?,
@@ -198,4 +246,46 @@ pub fn cpu_runtime_near_exe() -> Option<PathBuf> {
     ]
     .into_iter()
     .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_library_that_cannot_say_is_trusted() {
+        for f in [AbiFamily::V1_2, AbiFamily::V1_3] {
+            assert!(check_family(Path::new("x.so"), f, None).is_ok());
+        }
+    }
+
+    #[test]
+    fn family_codes_round_trip_and_unknown_codes_are_refused() {
+        for f in [AbiFamily::V1_2, AbiFamily::V1_3] {
+            assert_eq!(AbiFamily::from_code(f.code()), Some(f));
+            assert!(check_family(Path::new("x.so"), f, Some(f.code())).is_ok());
+        }
+        let e = check_family(Path::new("x.so"), AbiFamily::V1_3, Some(14)).unwrap_err();
+        assert!(matches!(e, LoadError::UnknownAbi { code: 14, .. }), "{e}");
+    }
+
+    #[test]
+    fn a_mismatch_names_both_families_and_the_fix() {
+        let e = check_family(Path::new("lib.so"), AbiFamily::V1_2, Some(13)).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            matches!(
+                e,
+                LoadError::AbiMismatch {
+                    requested: AbiFamily::V1_2,
+                    library: AbiFamily::V1_3,
+                    ..
+                }
+            ),
+            "{msg}"
+        );
+        for part in ["1.3", "1.2", "--runtime-abi 1.3", "runtime_abi"] {
+            assert!(msg.contains(part), "{part:?} missing from: {msg}");
+        }
+    }
 }

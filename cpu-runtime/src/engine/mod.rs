@@ -4,6 +4,7 @@
 pub mod llama;
 pub mod synthetic;
 
+use crate::report::FinishResults;
 use crate::request::RunRequest;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -79,6 +80,11 @@ pub trait Backend {
     fn load_prompt_cache(&mut self, path: &Path) -> Result<(), EngineError>;
 
     fn release_prompt_cache(&mut self);
+
+    /// What the FINISH and ERROR callbacks pass (a synthetic profile can choose).
+    fn finish_results(&self) -> FinishResults {
+        FinishResults::All
+    }
 
     /// Called once by `rkllm_destroy` (the synthetic engine can be told to hang here).
     fn shutdown(&mut self) {}

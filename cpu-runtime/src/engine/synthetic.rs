@@ -4,11 +4,16 @@
 //! Timing model: prefill takes `prompt tokens / prefill_tokens_per_second` for all busy slots
 //! together; a decode step with `b` active slots takes `decode_step_ms * (1 + batch_alpha *
 //! (b - 1))`. Idle and finished slots cost nothing.
+//!
+//! Scripted replies (`[output] script`, `[[output.replies]]`) replace the filler with a given
+//! text, streamed in pieces of awkward sizes, so a server's tool-call and reasoning parsers can
+//! be tested deterministically; a small real model cannot be relied on to call a tool.
 
 use crate::engine::{Backend, EngineError, Sampled};
+use crate::report::FinishResults;
 use crate::request::{RunRequest, SlotInput};
 use serde::Deserialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -66,6 +71,17 @@ pub struct Output {
     pub split_utf8: bool,
     /// Synthetic characters per prompt token, for counting prompt tokens.
     pub bytes_per_token: usize,
+    /// The reply to every prompt no rule of `replies` matches, instead of the filler.
+    pub script: Option<String>,
+    /// A file holding `script`, relative to the profile's directory.
+    pub script_file: Option<PathBuf>,
+    /// Tried in order against the prompt text; the first whose `when` it contains wins.
+    pub replies: Vec<Reply>,
+    /// Bytes per streamed piece of a scripted reply, cycled. A piece that would end inside a
+    /// UTF-8 character runs on to its end. Empty: `bytes_per_token` bytes each.
+    pub split: Vec<usize>,
+    /// What the FINISH and ERROR callbacks pass: `all` (n_batch results) or `single` (one).
+    pub finish_results: FinishResults,
 }
 
 impl Default for Output {
@@ -74,8 +90,21 @@ impl Default for Output {
             eos_after: 0,
             split_utf8: false,
             bytes_per_token: 4,
+            script: None,
+            script_file: None,
+            replies: Vec::new(),
+            split: Vec::new(),
+            finish_results: FinishResults::All,
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reply {
+    /// A substring of the prompt.
+    pub when: String,
+    pub text: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -91,6 +120,18 @@ pub struct Faults {
     pub stall_ms: u64,
     /// `rkllm_destroy` blocks this long (milliseconds).
     pub destroy_hang_ms: u64,
+    /// `rkllm_init` aborts the process (SIGABRT), as a GGML_ASSERT in Rockchip's runtime does.
+    pub abort_at_init: bool,
+    /// With `abort_at_init`: only when n_batch is above this (0: always).
+    pub abort_at_init_above_n_batch: u8,
+    /// The process aborts after this many generated tokens of a run; 0: never.
+    pub abort_after_tokens: u32,
+    /// The process dies of SIGSEGV after this many generated tokens of a run; 0: never.
+    pub segfault_after_tokens: u32,
+    /// `rkllm_destroy` aborts the process.
+    pub abort_at_destroy: bool,
+    /// `rkllm_destroy` never returns.
+    pub hang_at_destroy: bool,
 }
 
 impl Profile {
@@ -99,11 +140,44 @@ impl Profile {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        toml::from_str(&text).map_err(|e| EngineError::Load {
+        let invalid = |reason: String| EngineError::Load {
             path: path.display().to_string(),
-            reason: format!("not a synthetic profile: {e}"),
-        })
+            reason,
+        };
+        let mut profile: Profile =
+            toml::from_str(&text).map_err(|e| invalid(format!("not a synthetic profile: {e}")))?;
+        let out = &mut profile.output;
+        if let Some(file) = out.script_file.take() {
+            if out.script.is_some() {
+                return Err(invalid(
+                    "set output.script or output.script_file, not both".into(),
+                ));
+            }
+            let file = path.parent().unwrap_or(Path::new(".")).join(file);
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| invalid(format!("output.script_file {}: {e}", file.display())))?;
+            out.script = Some(text);
+        }
+        if out.split.contains(&0) {
+            return Err(invalid(
+                "output.split: piece sizes must be at least 1".into(),
+            ));
+        }
+        let f = &profile.faults;
+        if f.abort_at_init_above_n_batch > 0 && !f.abort_at_init {
+            // Silently ignoring it would let a test pass without the crash it meant to cause.
+            return Err(invalid(
+                "faults.abort_at_init_above_n_batch needs faults.abort_at_init = true".into(),
+            ));
+        }
+        Ok(profile)
     }
+}
+
+/// Says what is about to kill the process, as a real runtime's log would, then aborts.
+fn crash_abort(what: &str) -> ! {
+    eprintln!("synthetic: {what}");
+    std::process::abort()
 }
 
 const WORDS: [&str; 32] = [
@@ -157,6 +231,9 @@ pub fn synthetic_token(prompt_hash: u64, index: u32) -> (i32, &'static str) {
     (100 + w as i32, WORDS[w])
 }
 
+/// Token ids of scripted pieces start here, clear of the filler's (98 to 131) and EOS (2).
+const SCRIPT_TOKEN_BASE: i32 = 1000;
+
 #[derive(Default, Clone)]
 struct SlotState {
     history: usize,
@@ -165,6 +242,12 @@ struct SlotState {
     generated: u32,
     /// The second byte of a split character, due next.
     split_tail: Option<u8>,
+    /// Index into the engine's scripts, for a scripted reply.
+    script: Option<usize>,
+    /// Bytes of the script already streamed.
+    script_pos: usize,
+    /// Pieces of the script already streamed (selects the next `split` size).
+    script_pieces: usize,
 }
 
 pub struct SyntheticEngine {
@@ -174,6 +257,8 @@ pub struct SyntheticEngine {
     /// Tokens generated in this run, all slots together (for fault injection).
     run_tokens: u32,
     split: bool,
+    /// The reply rules' texts, then the fallback script if there is one.
+    scripts: Vec<String>,
 }
 
 impl SyntheticEngine {
@@ -182,7 +267,17 @@ impl SyntheticEngine {
         n_batch: usize,
         max_context_len: i32,
     ) -> Result<Self, EngineError> {
-        if profile.faults.init_fails {
+        let f = &profile.faults;
+        if f.abort_at_init && n_batch > usize::from(f.abort_at_init_above_n_batch) {
+            if f.abort_at_init_above_n_batch > 0 {
+                crash_abort(&format!(
+                    "abort at init with n_batch {n_batch} > {} (faults.abort_at_init_above_n_batch)",
+                    f.abort_at_init_above_n_batch
+                ));
+            }
+            crash_abort("abort at init (faults.abort_at_init)");
+        }
+        if f.init_fails {
             return Err(EngineError::Injected(
                 "the profile sets faults.init_fails".into(),
             ));
@@ -197,13 +292,37 @@ impl SyntheticEngine {
             trained
         };
         let split = profile.output.split_utf8;
+        let out = &profile.output;
+        let scripts = out
+            .replies
+            .iter()
+            .map(|r| r.text.clone())
+            .chain(out.script.clone())
+            .collect();
         Ok(SyntheticEngine {
             profile,
             context,
             slots: vec![SlotState::default(); n_batch],
             run_tokens: 0,
             split,
+            scripts,
         })
+    }
+
+    /// Which script answers `input`: the first rule it matches, else the fallback script.
+    fn script_for(&self, input: &SlotInput) -> Option<usize> {
+        let out = &self.profile.output;
+        let fallback = out.script.as_ref().map(|_| out.replies.len());
+        match input {
+            SlotInput::Idle => None,
+            SlotInput::Prompt { text, .. } => out
+                .replies
+                .iter()
+                .position(|r| text.contains(&r.when))
+                .or(fallback),
+            // Token ids carry no text to match.
+            SlotInput::Tokens(_) => fallback,
+        }
     }
 
     fn prompt_tokens(&self, input: &SlotInput) -> Option<(usize, u64)> {
@@ -243,6 +362,7 @@ impl Backend for SyntheticEngine {
 
     fn prepare(&mut self, req: &RunRequest) -> Result<Vec<Option<usize>>, EngineError> {
         let mut plan = Vec::with_capacity(self.slots.len());
+        let scripts: Vec<Option<usize>> = req.slots.iter().map(|i| self.script_for(i)).collect();
         for (i, input) in req.slots.iter().enumerate() {
             let history = if req.keep_history {
                 self.slots[i].history
@@ -262,7 +382,7 @@ impl Backend for SyntheticEngine {
             plan.push(p);
         }
         self.run_tokens = 0;
-        for (s, p) in self.slots.iter_mut().zip(&plan) {
+        for ((s, p), script) in self.slots.iter_mut().zip(&plan).zip(scripts) {
             if let Some((n, hash)) = p {
                 if !req.keep_history {
                     s.history = 0;
@@ -271,6 +391,7 @@ impl Backend for SyntheticEngine {
                     history: s.history,
                     pending: *n,
                     prompt_hash: *hash,
+                    script,
                     ..SlotState::default()
                 };
             }
@@ -300,6 +421,19 @@ impl Backend for SyntheticEngine {
                 faults.error_after_tokens
             )));
         }
+        if faults.abort_after_tokens > 0 && self.run_tokens > faults.abort_after_tokens {
+            crash_abort(&format!(
+                "abort after {} tokens (faults.abort_after_tokens)",
+                faults.abort_after_tokens
+            ));
+        }
+        if faults.segfault_after_tokens > 0 && self.run_tokens > faults.segfault_after_tokens {
+            eprintln!(
+                "synthetic: segfault after {} tokens (faults.segfault_after_tokens)",
+                faults.segfault_after_tokens
+            );
+            crate::exports::raise_segfault();
+        }
         if faults.stall_after_tokens > 0 && self.run_tokens == faults.stall_after_tokens + 1 {
             let ms = if faults.stall_ms == 0 {
                 f64::MAX / 4.0
@@ -317,6 +451,32 @@ impl Backend for SyntheticEngine {
             return Ok(Sampled {
                 token: 2,
                 eog: true,
+            });
+        }
+        if let Some(k) = s.script {
+            let text = &self.scripts[k];
+            if s.script_pos >= text.len() {
+                return Ok(Sampled {
+                    token: 2,
+                    eog: true,
+                });
+            }
+            let out = &self.profile.output;
+            let size = if out.split.is_empty() {
+                out.bytes_per_token.max(1)
+            } else {
+                out.split[s.script_pieces % out.split.len()]
+            };
+            let mut end = (s.script_pos + size).min(text.len());
+            while !text.is_char_boundary(end) {
+                end += 1;
+            }
+            piece.extend_from_slice(&text.as_bytes()[s.script_pos..end]);
+            s.script_pos = end;
+            s.script_pieces += 1;
+            return Ok(Sampled {
+                token: SCRIPT_TOKEN_BASE + (s.script_pieces % 100_000) as i32,
+                eog: false,
             });
         }
         if let Some(b) = s.split_tail.take() {
@@ -414,10 +574,23 @@ impl Backend for SyntheticEngine {
 
     fn release_prompt_cache(&mut self) {}
 
+    fn finish_results(&self) -> FinishResults {
+        self.profile.output.finish_results
+    }
+
     fn shutdown(&mut self) {
-        let ms = self.profile.faults.destroy_hang_ms;
-        if ms > 0 {
-            std::thread::sleep(Duration::from_millis(ms));
+        let f = &self.profile.faults;
+        if f.destroy_hang_ms > 0 {
+            std::thread::sleep(Duration::from_millis(f.destroy_hang_ms));
+        }
+        if f.hang_at_destroy {
+            eprintln!("synthetic: hang at destroy (faults.hang_at_destroy)");
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        if f.abort_at_destroy {
+            crash_abort("abort at destroy (faults.abort_at_destroy)");
         }
     }
 }

@@ -164,11 +164,12 @@ impl Recording {
         }
         // Only result 0 (the perf stats) is read at FINISH, as the public encoding passes one.
         assert_eq!(self.finish().slots.len(), n_batch.min(1));
+        // A slot stopped by max_new_tokens never reports -1 in a decode step (the last step
+        // carries its last token, and FINISH ends every slot), so only "stays finished" holds.
         for slot in 0..n_batch {
-            let mut finished = false;
-            for step in self.decode_steps() {
-                let r = &step.slots[slot];
-                if finished {
+            let results: Vec<&SlotRecord> = self.decode_steps().map(|s| &s.slots[slot]).collect();
+            if let Some(end) = results.iter().position(|r| r.token_id < 0) {
+                for r in &results[end..] {
                     assert!(
                         r.token_id < 0,
                         "slot {slot} reported a token after finishing"
@@ -178,9 +179,7 @@ impl Recording {
                         "slot {slot} reported text after finishing"
                     );
                 }
-                finished |= r.token_id < 0;
             }
-            assert!(finished, "slot {slot} never finished");
         }
         for r in &self.finish().slots {
             assert!(r.token_id < 0 && r.text.is_none());
@@ -575,6 +574,26 @@ macro_rules! conformance_suite {
         }
 
         #[test]
+        fn the_library_says_its_abi_family_and_refuses_the_other() {
+            let rt = runtime(FAMILY);
+            let other = match FAMILY {
+                rkllm::AbiFamily::V1_2 => rkllm::AbiFamily::V1_3,
+                rkllm::AbiFamily::V1_3 => rkllm::AbiFamily::V1_2,
+            };
+            match rkllm::Runtime::load(rt.path(), other) {
+                Err(e @ rkllm::LoadError::AbiMismatch { requested, library, .. }) => {
+                    assert_eq!((requested, library), (other, FAMILY));
+                    let msg = e.to_string();
+                    assert!(msg.contains(&format!("--runtime-abi {FAMILY}")), "{msg}");
+                    assert!(msg.contains("runtime_abi"), "{msg}");
+                }
+                other => panic!("expected AbiMismatch, got {:?}", other.map(|_| ())),
+            }
+            assert!(rkllm::Runtime::load(rt.path(), FAMILY).is_ok());
+            assert_eq!(raw_abi_family(), FAMILY.code());
+        }
+
+        #[test]
         fn create_default_param_returns_the_sdk_defaults_in_the_family_layout() {
             // A struct of the wrong family would put these fields at other offsets.
             let p = runtime(FAMILY).default_params();
@@ -626,7 +645,7 @@ pub fn tempdir() -> PathBuf {
 }
 
 #[allow(unused_imports)]
-pub use raw::{raw_bad_input, raw_is_running_convention};
+pub use raw::{raw_abi_family, raw_bad_input, raw_is_running_convention};
 
 /// Calls into the library's C symbols directly, to check what the safe wrapper never sends.
 mod raw {
@@ -643,6 +662,14 @@ mod raw {
     fn sym<T: Copy>(lib: &libloading::Library, name: &str) -> T {
         // SAFETY: T is the abi fn type matching rkllm.h for that symbol.
         unsafe { *lib.get::<T>(name.as_bytes()).unwrap() }
+    }
+
+    /// What `rkllm_cpu_abi_family` returns.
+    pub fn raw_abi_family() -> c_int {
+        let lib = lib();
+        let f: unsafe extern "C" fn() -> c_int = sym(&lib, "rkllm_cpu_abi_family");
+        // SAFETY: `int rkllm_cpu_abi_family(void)`, exported by the library under test.
+        unsafe { f() }
     }
 
     /// `rkllm_is_running` of an idle handle: 1 in v1.2 (non-zero means idle), 0 in v1.3.
