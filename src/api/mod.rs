@@ -238,6 +238,8 @@ mod tests {
                 let req = match method.as_str() {
                     "get" => test::TestRequest::get(),
                     "post" => test::TestRequest::post(),
+                    "head" => test::TestRequest::default().method(actix_web::http::Method::HEAD),
+                    "delete" => test::TestRequest::delete(),
                     other => panic!("unexpected method {other}"),
                 }
                 .uri(&uri)
@@ -251,7 +253,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert!(checked >= 16);
+        assert!(checked >= 22);
         // And an undocumented path is not routed, so the check above can fail.
         let resp = test::call_service(
             &app,
