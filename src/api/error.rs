@@ -26,6 +26,9 @@ pub struct ApiError {
     pub code: Option<&'static str>,
     /// The model the request named, when known (a metrics label).
     pub model: Option<String>,
+    /// The scheduler has counted this outcome already (it failed or was cancelled there), so
+    /// refusing it must not count it again.
+    pub counted: bool,
 }
 
 impl ApiError {
@@ -37,6 +40,7 @@ impl ApiError {
             retry_after: None,
             code: None,
             model: None,
+            counted: false,
         }
     }
 
@@ -54,16 +58,23 @@ impl ApiError {
     /// The client closed its connection before the reply (nginx's 499): nobody reads this
     /// response, but the request is counted as cancelled.
     pub fn client_gone() -> Self {
-        Self::new(
-            StatusCode::from_u16(499).expect("499 is a valid status"),
-            "the client closed the connection",
-        )
+        // The scheduler counts the cancellation when the request's stream is dropped.
+        ApiError {
+            counted: true,
+            ..Self::new(
+                StatusCode::from_u16(499).expect("499 is a valid status"),
+                "the client closed the connection",
+            )
+        }
     }
 
     /// A generation that ended in failure, with the status its cause calls for.
     pub fn from_finish(reason: &FinishReason) -> Self {
         match reason {
-            FinishReason::Error(msg) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, msg.clone()),
+            FinishReason::Error(msg) => ApiError {
+                counted: true,
+                ..Self::new(StatusCode::INTERNAL_SERVER_ERROR, msg.clone())
+            },
             _ => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the generation ended without an error",
@@ -130,12 +141,14 @@ impl ApiError {
             400..=499 => FailKind::BadRequest,
             _ => FailKind::RuntimeError,
         };
-        let model = self
-            .model
-            .clone()
-            .or_else(|| named.and_then(|n| catalog.known_name(n)))
-            .unwrap_or_default();
-        telemetry::count_failure(&model, kind, 1);
+        if !self.counted {
+            let model = self
+                .model
+                .clone()
+                .or_else(|| named.and_then(|n| catalog.known_name(n)))
+                .unwrap_or_default();
+            telemetry::count_failure(&model, kind, 1);
+        }
         self.response(api)
     }
 }

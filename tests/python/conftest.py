@@ -21,6 +21,9 @@ BINARY = ROOT / "target" / "release" / "rkserve"
 MODELS = ROOT / "models"
 LOG = ROOT / "target" / "python-tests-rkserve.log"
 MODEL = "smollm2-135m-instruct"
+# models/synthetic/scripted-tools.toml: scripted replies that think and call get_weather.
+# It is served under its file stem, not the `[model] name` inside the profile.
+SCRIPTED_MODEL = "scripted-tools"
 READY_TIMEOUT = 120.0
 
 
@@ -60,6 +63,11 @@ def _stop(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="session")
 def model() -> str:
     return MODEL
+
+
+@pytest.fixture(scope="session")
+def scripted_model() -> str:
+    return SCRIPTED_MODEL
 
 
 @pytest.fixture(scope="session")
