@@ -7,11 +7,12 @@ use crate::error::SubmitError;
 use crate::instance::{self, Instance, InstanceState};
 use crate::policy::Policy;
 use crate::queue::{sweep, Pending, Queue};
-use crate::request::{BatchKey, Request, RequestStream};
+use crate::request::{BatchKey, Failure, Request, RequestStream};
 use crate::stats::{LatencyStats, ModelSummary};
 use crate::telemetry::{FailKind, ModelTelemetry, Telemetry};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
+use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,6 +27,34 @@ pub enum ModelStatus {
     Ready,
     /// Every instance failed to load: requests are refused with this reason.
     Unavailable(String),
+}
+
+impl ModelStatus {
+    /// The state's name, as the API and the model-state metric show it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ModelStatus::Loading => "loading",
+            ModelStatus::Ready => "ready",
+            ModelStatus::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// Why the model cannot serve, when it cannot.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            ModelStatus::Unavailable(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ModelStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModelStatus::Unavailable(r) => write!(f, "unavailable: {r}"),
+            other => f.write_str(other.label()),
+        }
+    }
 }
 
 pub(crate) struct Shared {
@@ -58,9 +87,10 @@ impl Model {
     /// An instance could not load. When none is left, the model is unavailable and its
     /// waiting requests fail with the reason.
     pub fn instance_failed(&self, inst: &Instance, reason: String) {
-        eprintln!(
-            "rkserve: model {}: instance {} failed: {reason}",
-            self.cfg.name, inst.index
+        tracing::error!(
+            model = %self.cfg.name,
+            instance = inst.index,
+            "instance failed: {reason}"
         );
         *inst.state.lock() = InstanceState::Failed(reason.clone());
         let all_failed = self
@@ -72,8 +102,10 @@ impl Model {
             let mut waiting = self.queue.waiting.lock();
             for p in waiting.drain(..) {
                 p.fail(
-                    FailKind::Unavailable,
-                    format!("model '{}' is unavailable: {reason}", self.cfg.name),
+                    Failure::new(
+                        FailKind::Unavailable,
+                        format!("model '{}' is unavailable: {reason}", self.cfg.name),
+                    ),
                     &self.queue.tel,
                 );
             }
@@ -329,10 +361,13 @@ impl Drop for Scheduler {
 /// Fails a model's waiting requests and stops its instances (each aborts its run).
 fn stop_model(m: &Model, why: &str) {
     m.unloading.store(true, Ordering::Release);
+    tracing::info!(model = %m.cfg.name, "stopped serving: {why}");
     for p in m.queue.waiting.lock().drain(..) {
         p.fail(
-            FailKind::Unavailable,
-            format!("model '{}' stopped serving: {why}", m.cfg.name),
+            Failure::new(
+                FailKind::Unavailable,
+                format!("model '{}' stopped serving: {why}", m.cfg.name),
+            ),
             &m.queue.tel,
         );
     }
@@ -375,17 +410,19 @@ fn watchdog(models: Arc<RwLock<HashMap<String, Arc<Model>>>>, shared: Arc<Shared
 /// its own, the abort may hang too), and start a new handle on a new thread. The old thread,
 /// if its run ever returns, sees it was replaced and destroys its handle.
 fn recover_stuck(model: &Arc<Model>, inst: &Arc<Instance>, shared: &Arc<Shared>) {
-    eprintln!(
-        "rkserve: model {}: instance {} made no progress for {:?}; failing its run and restarting it",
-        model.cfg.name, inst.index, model.cfg.stall_timeout
+    tracing::warn!(
+        model = %model.cfg.name,
+        instance = inst.index,
+        "no progress for {:?}; failing its run and restarting the instance",
+        model.cfg.stall_timeout
     );
     inst.generation.fetch_add(1, Ordering::AcqRel);
     *inst.state.lock() = InstanceState::Restarting;
     if let Some(run) = inst.run.lock().take() {
-        run.lock().fail_all_as(FailKind::Timeout, &format!(
+        run.lock().fail_all(&Failure::new(FailKind::Timeout, format!(
             "the runtime made no progress for {:.1}s; the run was abandoned and the instance restarted",
             model.cfg.stall_timeout.as_secs_f64()
-        ));
+        )));
     }
     if let Some(abort) = inst.abort.lock().take() {
         std::thread::spawn(move || {

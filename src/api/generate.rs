@@ -140,14 +140,14 @@ impl Generation {
                 }
             }
         }
-        if let Some(FinishReason::Error(msg)) = choices
+        if let Some(FinishReason::Error(failure)) = choices
             .iter()
             .map(|c| &c.reason)
             .find(|r| matches!(r, FinishReason::Error(_)))
         {
             return Err(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                msg.clone(),
+                failure.message.clone(),
             ));
         }
         Ok((choices, self))
@@ -160,11 +160,14 @@ impl Generation {
             Some((
                 _,
                 Event::End {
-                    reason: FinishReason::Error(msg),
+                    reason: FinishReason::Error(failure),
                     completion_tokens: 0,
                     ..
                 },
-            )) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, msg)),
+            )) => Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                failure.message,
+            )),
             other => Ok(other),
         }
     }

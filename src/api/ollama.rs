@@ -262,8 +262,8 @@ async fn run(
                     } else {
                         reason_str(&reason)
                     });
-                    if let FinishReason::Error(msg) = &reason {
-                        d["error"] = json!(msg);
+                    if let FinishReason::Error(failure) = &reason {
+                        d["error"] = json!(failure.message);
                     }
                     finish(&name);
                     (line("", Some(d)), true)

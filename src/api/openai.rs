@@ -460,9 +460,9 @@ async fn respond(
                     },
                 )) => {
                     s.completion += u64::from(completion_tokens);
-                    if let FinishReason::Error(msg) = &reason {
+                    if let FinishReason::Error(failure) = &reason {
                         s.pending.push_back(sse(&json!({"error": {
-                            "message": msg, "type": "server_error", "param": null, "code": null
+                            "message": failure.message, "type": "server_error", "param": null, "code": null
                         }})));
                     }
                     s.pending.push_back(sse(&(s.chunk)((s.choice)(
