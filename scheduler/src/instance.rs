@@ -243,6 +243,10 @@ fn run_batch(
 ) {
     let cfg = &model.cfg;
     let started = Instant::now();
+    let members = refuse_unrunnable(members, &model.queue.tel);
+    if members.is_empty() {
+        return;
+    }
     let inputs: Vec<Input> = members
         .iter()
         .map(|p| Input::prompt(p.req.prompt.clone()))
@@ -321,4 +325,25 @@ fn run_batch(
         inst.run.lock().take();
         *inst.state.lock() = InstanceState::Idle;
     }
+}
+
+/// Ends the requests whose prompt the runtime cannot take (it passes prompts as C strings,
+/// so a NUL byte would make it reject the whole run) and returns the others, in order.
+fn refuse_unrunnable(
+    members: Vec<Pending>,
+    tel: &crate::telemetry::ModelTelemetry,
+) -> Vec<Pending> {
+    let (bad, good): (Vec<Pending>, Vec<Pending>) = members
+        .into_iter()
+        .partition(|p| p.req.prompt.contains('\0'));
+    for p in bad {
+        p.fail(
+            Failure::new(
+                FailKind::BadRequest,
+                "the prompt contains a NUL character, which the runtime cannot take",
+            ),
+            tel,
+        );
+    }
+    good
 }
