@@ -8,6 +8,7 @@
 pub mod api;
 pub mod catalog;
 pub mod config;
+pub mod duration;
 pub mod exporter;
 pub mod registry;
 pub mod tokenizer;

@@ -5,6 +5,7 @@ use super::body;
 use super::error::{Api, ApiError};
 use super::generate::{self, reason_str, GenRequest};
 use super::AppState;
+pub use crate::duration::KeepAlive;
 use actix_web::{web, HttpResponse};
 use chat_template::ChatMessage;
 use futures_util::stream::{self, StreamExt};
@@ -32,39 +33,6 @@ pub struct Msg {
     content: String,
     #[serde(default)]
     images: Option<Vec<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum KeepAlive {
-    Seconds(f64),
-    Text(String),
-}
-
-impl KeepAlive {
-    /// Ollama's keep_alive: 0 unloads the model once the request is done.
-    fn is_zero(&self) -> bool {
-        self.duration() == Some(Duration::ZERO)
-    }
-
-    /// How long the model stays loaded after the request: `None` is forever (negative
-    /// values), a number is seconds, a string is a duration ("5m", "1h30m").
-    fn duration(&self) -> Option<Duration> {
-        match self {
-            KeepAlive::Seconds(s) if *s < 0.0 => None,
-            KeepAlive::Seconds(s) => Some(Duration::from_secs_f64(*s)),
-            KeepAlive::Text(t) => {
-                let t = t.trim();
-                if t.starts_with('-') {
-                    return None;
-                }
-                match t.parse::<f64>() {
-                    Ok(secs) => Some(Duration::from_secs_f64(secs)),
-                    Err(_) => humantime::parse_duration(t).ok(),
-                }
-            }
-        }
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -607,29 +575,5 @@ mod tests {
             "w8a8"
         );
         assert_eq!(super::quantization("zero-delay.toml"), "");
-    }
-}
-
-#[cfg(test)]
-mod keep_alive_tests {
-    use super::KeepAlive;
-    use std::time::Duration;
-
-    #[test]
-    fn keep_alive_values() {
-        assert_eq!(KeepAlive::Seconds(0.0).duration(), Some(Duration::ZERO));
-        assert!(KeepAlive::Text("0".into()).is_zero());
-        assert!(KeepAlive::Text("0s".into()).is_zero());
-        assert_eq!(
-            KeepAlive::Text("5m".into()).duration(),
-            Some(Duration::from_secs(300))
-        );
-        assert_eq!(
-            KeepAlive::Seconds(30.0).duration(),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(KeepAlive::Seconds(-1.0).duration(), None);
-        assert_eq!(KeepAlive::Text("-1".into()).duration(), None);
-        assert!(!KeepAlive::Text("5m".into()).is_zero());
     }
 }
