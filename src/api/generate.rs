@@ -30,6 +30,10 @@ pub struct Generation {
     /// Time spent loading the model for this request.
     pub load_duration: Duration,
     pub events: BoxStream<'static, (usize, Event)>,
+    /// Keeps the model loaded until the generation (and so its stream) is dropped; never
+    /// read, only held.
+    #[allow(dead_code)]
+    pub lease: crate::models::Lease,
 }
 
 /// The result of one choice, read to its end.
@@ -62,12 +66,27 @@ pub async fn ensure_loaded(
     Ok(started.elapsed())
 }
 
+/// A lease on the model, loading it first if needed (off the async workers: loading blocks).
+pub async fn acquire(
+    state: &web::Data<AppState>,
+    served: &Arc<Served>,
+) -> Result<crate::models::Lease, ApiError> {
+    if let Some(lease) = state.catalog.try_acquire(&served.entry.name) {
+        return Ok(lease);
+    }
+    let (st, sv) = (state.clone(), served.clone());
+    Ok(web::block(move || st.catalog.acquire(&sv))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??)
+}
+
 pub async fn start(
     state: &web::Data<AppState>,
     served: Arc<Served>,
     g: GenRequest,
 ) -> Result<Generation, ApiError> {
-    let load_duration = ensure_loaded(state, &served).await?;
+    let lease = acquire(state, &served).await?;
+    let load_duration = lease.load_duration();
     let prompt_tokens = served.tokenizer.count(&g.prompt);
     let ctx = served.context_len;
     if prompt_tokens + 1 > ctx {
@@ -90,9 +109,8 @@ pub async fn start(
     let mut stop = served.stop.clone();
     stop.extend(g.stop);
     let arrival = Instant::now();
-    let mut streams = Vec::with_capacity(g.n);
-    for i in 0..g.n {
-        let req = Request {
+    let reqs = (0..g.n)
+        .map(|_| Request {
             model: served.entry.name.clone(),
             prompt: g.prompt.clone(),
             prompt_tokens,
@@ -100,16 +118,24 @@ pub async fn start(
             max_tokens,
             stop: stop.clone(),
             arrival,
-        };
-        // Dropping the streams already submitted cancels them if a later one is refused.
-        streams.push(events_of(i, state.catalog.scheduler.submit(req)?));
-    }
+        })
+        .collect();
+    // All choices are queued or none is: a refusal leaves no cancelled requests behind.
+    let streams: Vec<_> = state
+        .catalog
+        .scheduler
+        .submit_all(reqs)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, rs)| events_of(i, rs))
+        .collect();
     Ok(Generation {
         served,
         prompt_tokens,
         arrival,
         load_duration,
         events: stream::select_all(streams).boxed(),
+        lease,
     })
 }
 

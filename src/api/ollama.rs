@@ -258,7 +258,7 @@ fn apply_keep_alive(catalog: &crate::catalog::Catalog, name: &str, keep: Option<
         Some(k) if k.is_zero() => {
             catalog.unload(name);
         }
-        Some(k) => catalog.keep_alive(name, k.duration()),
+        Some(k) => catalog.keep_alive(name, *k),
         None => {}
     }
 }
