@@ -137,11 +137,7 @@ impl Recording {
 
     /// A slot's perf stats as of its last decode step: FINISH carries result 0 only.
     pub fn slot_perf(&self, slot: usize) -> rkllm::abi::RKLLMPerfStat {
-        self.decode_steps()
-            .last()
-            .expect("a decode step")
-            .slots[slot]
-            .perf
+        self.decode_steps().last().expect("a decode step").slots[slot].perf
     }
 
     pub fn finish(&self) -> &StepRecord {
