@@ -1,19 +1,27 @@
 //! The models rkserve knows: what the models directory holds ([`crate::registry`]), each
 //! prepared for serving (chat template, tokenizer, context length) on first use, and loaded
-//! into the scheduler on demand.
+//! into the scheduler on demand through the [`ModelManager`], which owns when models load
+//! and unload.
+//!
+//! Blocking: [`Catalog::list`], [`Catalog::resolve`] (a first resolve reads the model's
+//! tokenizer), [`Catalog::acquire`] and [`Catalog::ensure_loaded`] touch the disk or wait for
+//! a load; async callers run them through `web::block`. [`Catalog::try_acquire`],
+//! [`Catalog::entries`] and [`Catalog::known_name`] never block.
 
-use crate::config::{Config, DEFAULT_MODEL, DEFAULT_MODEL_FILE};
+use crate::config::{Config, Models, DEFAULT_MODEL, DEFAULT_MODEL_FILE};
+use crate::duration::KeepAlive;
+use crate::models::{Lease, ModelManager};
 use crate::registry::{self, ModelEntry, ModelKind};
 use crate::tokenizer::Tokenizer;
 use chat_template::ChatTemplate;
 use parking_lot::{Mutex, RwLock};
-use scheduler::{ModelConfig, Scheduler};
+use scheduler::{ModelConfig, ModelStatus, Scheduler};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CatalogError {
     #[error("model '{0}' not found")]
     NotFound(String),
@@ -44,11 +52,12 @@ pub struct Catalog {
     cfg: Config,
     runtime_lib: PathBuf,
     entries: RwLock<Vec<ModelEntry>>,
+    /// The models directory's and its subdirectories' modification times at the last scan:
+    /// unchanged, a listing need not read every sidecar again.
+    scanned: Mutex<Option<Vec<Option<std::time::SystemTime>>>>,
     prepared: Mutex<HashMap<String, Arc<Served>>>,
-    loaded_at: Mutex<HashMap<String, (std::time::SystemTime, Duration)>>,
-    /// Ollama keep_alive: models to unload once idle past this time. Absent: stay loaded.
-    expiry: Mutex<HashMap<String, std::time::SystemTime>>,
-    pub scheduler: Scheduler,
+    models: ModelManager,
+    pub scheduler: Arc<Scheduler>,
 }
 
 /// The CPU runtime built next to the running binary.
@@ -109,21 +118,37 @@ impl Catalog {
                 )
             })?;
         }
+        let mut cfg = cfg;
         let wants_default = cfg.models.preload.iter().any(|p| p == DEFAULT_MODEL);
-        if cfg.models.fetch_default_model
-            && wants_default
-            && !cfg.models.dir.join(DEFAULT_MODEL_FILE).is_file()
-        {
-            fetch_default_model(&cfg.models.dir)?;
+        if wants_default && !cfg.models.dir.join(DEFAULT_MODEL_FILE).is_file() {
+            // A directory of the user's choosing is theirs: the default model is fetched
+            // into the default directory only.
+            let default_dir = cfg.models.dir == Models::default().dir;
+            if cfg.models.fetch_default_model && default_dir {
+                fetch_default_model(&cfg.models.dir)?;
+            } else if !default_dir && cfg.models.preload == Models::default().preload {
+                tracing::info!(
+                    "not preloading the default model {DEFAULT_MODEL}: it is not in {} and is \
+                     fetched only into the default models directory ({}); set models.preload \
+                     to choose what loads at start-up",
+                    cfg.models.dir.display(),
+                    Models::default().dir.display()
+                );
+                cfg.models.preload.clear();
+            }
         }
         let entries = registry::scan(&cfg.models.dir).map_err(|e| e.to_string())?;
+        let scheduler = Arc::new(Scheduler::with_stats_window(
+            vec![],
+            cfg.server.stats_window,
+        ));
         let catalog = Catalog {
             runtime_lib,
+            scanned: Mutex::new(Some(dir_times(&cfg.models.dir))),
             entries: RwLock::new(entries),
             prepared: Mutex::new(HashMap::new()),
-            loaded_at: Mutex::new(HashMap::new()),
-            expiry: Mutex::new(HashMap::new()),
-            scheduler: Scheduler::with_stats_window(vec![], cfg.server.stats_window),
+            models: ModelManager::new(scheduler.clone()),
+            scheduler,
             cfg,
         };
         for name in catalog.cfg.models.preload.clone() {
@@ -137,20 +162,33 @@ impl Catalog {
         &self.cfg
     }
 
-    /// Every model in the models directory (rescanned, so new files appear).
+    /// Every model in the models directory, rescanned when the directory changed so new
+    /// files appear. Blocking (it reads the disk).
     pub fn list(&self) -> Vec<ModelEntry> {
-        if let Ok(fresh) = registry::scan(&self.cfg.models.dir) {
-            *self.entries.write() = fresh;
+        let times = dir_times(&self.cfg.models.dir);
+        let mut scanned = self.scanned.lock();
+        if scanned.as_ref() != Some(&times) {
+            if let Ok(fresh) = registry::scan(&self.cfg.models.dir) {
+                *self.entries.write() = fresh;
+                *scanned = Some(times);
+            }
         }
+        drop(scanned);
         self.entries.read().clone()
     }
 
-    /// Finds a model by name, file name or stem, and prepares it for serving.
+    /// The models found by the last scan, without touching the disk.
+    pub fn entries(&self) -> Vec<ModelEntry> {
+        self.entries.read().clone()
+    }
+
     /// The name of the model `query` names, if the catalog knows it (no rescan, no loading).
     pub fn known_name(&self, query: &str) -> Option<String> {
         registry::find(&self.entries.read(), query).map(|e| e.name.clone())
     }
 
+    /// Finds a model by name, file name or stem, and prepares it for serving (blocking the
+    /// first time: it reads the tokenizer).
     pub fn resolve(&self, query: &str) -> Result<Arc<Served>, CatalogError> {
         let entry = {
             let entries = self.entries.read();
@@ -276,12 +314,26 @@ impl Catalog {
         Ok(m)
     }
 
-    /// Loads the model into the scheduler unless it is there already. Refuses a model that
-    /// would not fit in the memory available, instead of letting the kernel kill the server.
+    /// A lease on the model, loading it first if it is not loaded (refusing a model that
+    /// would not fit in the memory available, instead of letting the kernel kill the
+    /// server). Blocking; concurrent first requests share one load. Hold the lease until
+    /// the request's stream ends: the model is not unloaded while any lease is held.
+    pub fn acquire(&self, s: &Served) -> Result<Lease, CatalogError> {
+        self.models
+            .acquire(&s.entry.name, &|_: &str| self.load_into_scheduler(s))
+    }
+
+    /// A lease on the model if it is loaded, without blocking.
+    pub fn try_acquire(&self, name: &str) -> Option<Lease> {
+        self.models.try_acquire(name)
+    }
+
+    /// Loads the model unless it is loaded (see [`Catalog::acquire`]). Blocking.
     pub fn ensure_loaded(&self, s: &Served) -> Result<(), CatalogError> {
-        if self.scheduler.has_model(&s.entry.name) {
-            return Ok(());
-        }
+        self.acquire(s).map(drop)
+    }
+
+    fn load_into_scheduler(&self, s: &Served) -> Result<(), CatalogError> {
         let cfg = self.model_config(s)?;
         if s.entry.kind != ModelKind::Synthetic {
             let need_mb = s.entry.size_bytes * 12 / 10 / (1 << 20) + 64;
@@ -295,60 +347,70 @@ impl Catalog {
                 }
             }
         }
-        let t = Instant::now();
-        self.scheduler.add_model(cfg);
-        self.scheduler.wait_loaded(Duration::from_secs(600));
-        self.loaded_at.lock().insert(
-            s.entry.name.clone(),
-            (std::time::SystemTime::now(), t.elapsed()),
-        );
+        let name = s.entry.name.clone();
+        if !self.scheduler.add_model_if_absent(cfg) {
+            tracing::warn!(model = %name, "already in the scheduler; not loading it again");
+        }
+        // A model whose instances all failed is served as unavailable: requests get 503 with
+        // the reason until it is unloaded, as before this manager.
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while self.scheduler.status(&name) == Some(ModelStatus::Loading)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        tracing::info!(model = %name, status = ?self.scheduler.status(&name).map(|s| s.label()), "loaded");
         Ok(())
     }
 
+    /// Unloads the model as soon as no request holds it (at once if none does). Returns
+    /// whether it was loaded.
     pub fn unload(&self, name: &str) -> bool {
-        self.loaded_at.lock().remove(name);
-        self.expiry.lock().remove(name);
-        self.scheduler.remove_model(name)
+        self.models.unload(name)
     }
 
-    /// Ollama's keep_alive after a request: keep the model `Some(d)` longer, or forever.
-    pub fn keep_alive(&self, name: &str, keep: Option<Duration>) {
-        let mut e = self.expiry.lock();
-        match keep {
-            Some(d) => e.insert(name.to_string(), std::time::SystemTime::now() + d),
-            None => e.remove(name),
-        };
+    /// Ollama's keep_alive after a request (see [`ModelManager::keep_alive`]).
+    pub fn keep_alive(&self, name: &str, keep: KeepAlive) {
+        self.models.keep_alive(name, keep)
     }
 
     /// When the model will be unloaded, if a keep_alive set it.
     pub fn expires_at(&self, name: &str) -> Option<std::time::SystemTime> {
-        self.expiry.lock().get(name).copied()
+        self.models.expires_at(name)
     }
 
-    /// Unloads models whose keep_alive has passed and that have nothing running or waiting.
+    /// Unloads models whose keep_alive has passed (or that were asked to unload) and that
+    /// no lease holds and have nothing running or waiting.
     pub fn reap_expired(&self) -> Vec<String> {
-        let now = std::time::SystemTime::now();
-        let due: Vec<String> = self
-            .expiry
-            .lock()
-            .iter()
-            .filter(|(_, t)| **t <= now)
-            .map(|(n, _)| n.clone())
-            .collect();
         let snapshot = self.scheduler.snapshot();
-        due.into_iter()
-            .filter(|name| {
-                snapshot
-                    .iter()
-                    .find(|m| &m.name == name)
-                    .is_none_or(|m| m.waiting == 0 && m.busy_slots() == 0)
-            })
-            .filter(|name| self.unload(name))
-            .collect()
+        self.models.reap(|name| {
+            snapshot
+                .iter()
+                .find(|m| m.name == name)
+                .is_none_or(|m| m.waiting == 0 && m.busy_slots() == 0)
+        })
     }
 
     /// When the model was loaded and how long loading took.
     pub fn load_info(&self, name: &str) -> Option<(std::time::SystemTime, Duration)> {
-        self.loaded_at.lock().get(name).copied()
+        self.models.load_info(name)
     }
+}
+
+/// Modification times of the models directory and its immediate subdirectories (where
+/// [`registry::scan`] looks), in a stable order.
+fn dir_times(dir: &Path) -> Vec<Option<std::time::SystemTime>> {
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut subdirs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    subdirs.sort();
+    std::iter::once(mtime(dir))
+        .chain(subdirs.iter().map(|p| mtime(p)))
+        .collect()
 }

@@ -249,6 +249,14 @@ impl Config {
         if let Some(n) = cli.instances {
             cfg.scheduler.instances = n;
         }
+        // An empty key would match a request's empty bearer token: it must not pass for a
+        // key, and silently dropping it could leave a server open that was meant to be shut.
+        if let Some(i) = cfg.server.api_keys.iter().position(|k| k.trim().is_empty()) {
+            return Err(ConfigError::Invalid(format!(
+                "server.api_keys[{i}] is empty or blank: every API key must have characters \
+                 (remove it, or leave api_keys = [] to turn authentication off)"
+            )));
+        }
         if !(1..=8).contains(&cfg.scheduler.n_batch) {
             return Err(ConfigError::Invalid(format!(
                 "scheduler.n_batch must be 1 to 8, got {}",
@@ -298,5 +306,21 @@ mod tests {
             toml::from_str::<Config>("[server]\nprot = 1\n").is_err(),
             "unknown keys are typos"
         );
+    }
+
+    #[test]
+    fn empty_or_blank_api_keys_are_refused() {
+        for keys in [r#"["k1", ""]"#, r#"["  "]"#, r#"["k1", "\t"]"#] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("rkserve.toml");
+            std::fs::write(&path, format!("[server]\napi_keys = {keys}\n")).unwrap();
+            let cli = Cli::parse_from(["rkserve", "--config", path.to_str().unwrap()]);
+            match Config::load(&cli) {
+                Err(ConfigError::Invalid(m)) => assert!(m.contains("api_keys"), "{m}"),
+                other => panic!("{keys} was accepted: {other:?}"),
+            }
+        }
+        let cli = Cli::parse_from(["rkserve", "--api-keys", "k1, "]);
+        assert!(matches!(Config::load(&cli), Err(ConfigError::Invalid(_))));
     }
 }

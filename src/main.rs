@@ -46,7 +46,7 @@ fn main() -> ExitCode {
                 tracing::error!("model {} is unavailable: {r}", m.name)
             }
             s => tracing::info!(
-                "model {}: {s:?}, n_batch {}, context {}",
+                "model {}: {s}, n_batch {}, context {}",
                 m.name,
                 m.n_batch,
                 m.context_len

@@ -308,10 +308,17 @@ fn read_sidecar(path: &Path) -> Result<Sidecar, RegistryError> {
     Ok(sidecar)
 }
 
-/// `Some(context)` if the file is a synthetic engine profile (context may be unknown), `None`
-/// if it is some other `.toml`. Unparseable files are skipped rather than reported: the models
-/// directory may hold any kind of configuration.
-fn read_profile(path: &Path) -> Result<Option<Option<usize>>, RegistryError> {
+/// What a synthetic engine profile says about itself: both may be absent.
+struct ProfileInfo {
+    context: Option<usize>,
+    /// `[model] name`: the name it is served under, as a sidecar's `name` is.
+    name: Option<String>,
+}
+
+/// `Some` if the file is a synthetic engine profile, `None` if it is some other `.toml`.
+/// Unparseable files are skipped rather than reported: the models directory may hold any
+/// kind of configuration.
+fn read_profile(path: &Path) -> Result<Option<ProfileInfo>, RegistryError> {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::InvalidData => return Ok(None),
@@ -337,7 +344,14 @@ fn read_profile(path: &Path) -> Result<Option<Option<usize>>, RegistryError> {
         .and_then(toml::Value::as_integer)
         .and_then(|n| usize::try_from(n).ok())
         .filter(|&n| n > 0);
-    Ok(Some(context))
+    let name = table
+        .get("model")
+        .and_then(|m| m.get("name"))
+        .and_then(toml::Value::as_str)
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_string);
+    Ok(Some(ProfileInfo { context, name }))
 }
 
 /// Adds the models of one directory to `out`; returns its subdirectories.
@@ -373,11 +387,10 @@ fn scan_one(dir: &Path, out: &mut Vec<Candidate>) -> Result<Vec<PathBuf>, Regist
     for (stem, (name, path, meta)) in tomls {
         if model_stems.contains(&stem) {
             sidecars.insert(stem, read_sidecar(&path)?);
-        } else if let Some(profile_context) = read_profile(&path)? {
-            out.push(candidate(
-                (name, path, meta, ModelKind::Synthetic),
-                profile_context,
-            ));
+        } else if let Some(profile) = read_profile(&path)? {
+            let mut c = candidate((name, path, meta, ModelKind::Synthetic), profile.context);
+            c.sidecar.name = profile.name;
+            out.push(c);
         }
     }
     for model in models {
@@ -643,7 +656,11 @@ mod tests {
         let t = fixture();
         let entries = scan(&t.0).unwrap();
         let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(names, ["qwen3-0.6b", "qwen3-0.6b-2", "smol", "zero-delay"]);
+        // A profile's own `[model] name` is its name, as a sidecar's would be.
+        assert_eq!(
+            names,
+            ["qwen3-0.6b", "qwen3-0.6b-2", "smol", "synthetic-zero-delay"]
+        );
 
         let rk = &entries[0];
         assert_eq!(rk.kind, ModelKind::Rkllm);
@@ -673,6 +690,11 @@ mod tests {
         // No context in the file name or the profile: the caller decides.
         assert_eq!(zero.context_len, None);
         assert_eq!(zero.path, t.0.join("synthetic").join("zero-delay.toml"));
+        // Still found by its file stem.
+        assert_eq!(
+            find(&entries, "zero-delay").map(|e| e.name.as_str()),
+            Some("synthetic-zero-delay")
+        );
     }
 
     #[test]

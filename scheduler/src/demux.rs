@@ -2,7 +2,7 @@
 //! the runtime's callback, so it never blocks (unbounded channels) and allocates only the
 //! text it sends.
 
-use crate::request::{Event, FinishReason, Timings};
+use crate::request::{Event, Failure, FinishReason, Timings};
 use crate::stop::StopMatcher;
 use crate::telemetry::{FailKind, ModelTelemetry, Outcome, RequestRecord, RunRecord};
 use rkllm::{Flow, Step, StepState};
@@ -32,8 +32,6 @@ struct Slot {
     /// Gaps between tokens in µs, kept only when telemetry is on (allocated up front).
     itl_us: Vec<u32>,
     open: bool,
-    /// What an error ending counts as.
-    kind: FailKind,
 }
 
 pub struct Demux {
@@ -64,7 +62,6 @@ impl Demux {
                     last_at: None,
                     itl_us: Vec::new(),
                     open: true,
-                    kind: FailKind::RuntimeError,
                 })
                 .collect(),
             started,
@@ -124,7 +121,10 @@ impl Demux {
         }
         match step.state() {
             StepState::Finish => self.end_all(|s, ctx| s.natural_end(ctx), now),
-            StepState::Error => self.fail_all("the runtime reported an error during the run"),
+            StepState::Error => self.fail_all(&Failure::new(
+                FailKind::RuntimeError,
+                "the runtime reported an error during the run",
+            )),
             StepState::Normal | StepState::Waiting => {
                 let (ctx, tel) = (self.context_len, self.tel.as_ref());
                 self.steps += 1;
@@ -183,17 +183,12 @@ impl Demux {
         }
     }
 
-    /// Ends every open request with an error (a failed or stuck run).
-    pub fn fail_all(&mut self, message: &str) {
-        self.fail_all_as(FailKind::RuntimeError, message)
-    }
-
-    /// Ends every open request with an error of the given kind.
-    pub fn fail_all_as(&mut self, kind: FailKind, message: &str) {
+    /// Ends every open request with this failure (a failed, stuck or unloaded run). A slot
+    /// already ended keeps its first ending: each request ends, and is counted, once.
+    pub fn fail_all(&mut self, failure: &Failure) {
         let (started, tel, now) = (self.started, self.tel.as_ref(), Instant::now());
         for s in self.slots.iter_mut().filter(|s| s.open) {
-            s.kind = kind;
-            s.end(FinishReason::Error(message.to_string()), started, tel, now);
+            s.end(FinishReason::Error(failure.clone()), started, tel, now);
         }
     }
 
@@ -280,7 +275,7 @@ impl Slot {
     ) {
         self.open = false;
         let timings = self.timings(started);
-        self.record(tel, Outcome::of(&reason, self.kind), now, started);
+        self.record(tel, Outcome::of(&reason), now, started);
         let _ = self.tx.send(Event::End {
             reason,
             prompt_tokens: self.prompt_tokens as u32,
@@ -424,8 +419,10 @@ mod tests {
         let (a, mut ra) = member(100, &[]);
         let mut d = Demux::new(vec![a], Instant::now(), 4096);
         feed(&mut d, &[&[(Some("x"), 1)]]);
-        d.fail_all("boom");
-        assert_eq!(drain(&mut ra).1, Some(FinishReason::Error("boom".into())));
+        let boom = Failure::new(FailKind::RuntimeError, "boom");
+        d.fail_all(&boom);
+        d.fail_all(&Failure::new(FailKind::Timeout, "again"));
+        assert_eq!(drain(&mut ra).1, Some(FinishReason::Error(boom)));
     }
 
     #[test]

@@ -5,11 +5,12 @@
 use crate::cpus;
 use crate::demux::{Demux, Member};
 use crate::queue::{take_batch, Pending};
-use crate::request::BatchKey;
+use crate::request::{BatchKey, Failure};
 use crate::scheduler::{Model, Shared};
 use crate::telemetry::FailKind;
 use parking_lot::Mutex;
 use rkllm::{AbiFamily, AbortHandle, Handle, InferParams, Input, RunOutcome, Runtime, Sampling};
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
@@ -26,6 +27,29 @@ pub enum InstanceState {
     /// Its run stopped making progress; a new handle is being created.
     Restarting,
     Failed(String),
+}
+
+impl InstanceState {
+    /// The state's name, as the API shows it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            InstanceState::Starting => "starting",
+            InstanceState::Idle => "idle",
+            InstanceState::Running { .. } => "running",
+            InstanceState::Restarting => "restarting",
+            InstanceState::Failed(_) => "failed",
+        }
+    }
+}
+
+impl fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InstanceState::Running { slots } => write!(f, "running ({slots} slots)"),
+            InstanceState::Failed(r) => write!(f, "failed: {r}"),
+            other => f.write_str(other.label()),
+        }
+    }
 }
 
 fn epoch() -> Instant {
@@ -125,9 +149,10 @@ pub fn destroy_with_deadline(handle: Handle, limit: Duration, model: &str) {
     }
     match rx.recv_timeout(limit) {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => eprintln!("rkserve: model {model}: rkllm_destroy failed: {e}"),
-        Err(_) => eprintln!(
-            "rkserve: model {model}: rkllm_destroy did not return within {limit:?}; abandoned on its thread"
+        Ok(Err(e)) => tracing::warn!(model, "rkllm_destroy failed: {e}"),
+        Err(_) => tracing::warn!(
+            model,
+            "rkllm_destroy did not return within {limit:?}; abandoned on its thread"
         ),
     }
 }
@@ -135,10 +160,7 @@ pub fn destroy_with_deadline(handle: Handle, limit: Duration, model: &str) {
 fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, generation: u64) {
     let cfg = &model.cfg;
     if let Err(e) = cpus::pin_current_thread(&model.cpus) {
-        eprintln!(
-            "rkserve: model {}: cannot pin to CPUs {:?}: {e}",
-            cfg.name, model.cpus
-        );
+        tracing::warn!(model = %cfg.name, "cannot pin to CPUs {:?}: {e}", model.cpus);
     }
     let loaded = Runtime::load(&cfg.runtime_lib, cfg.abi)
         .map_err(|e| e.to_string())
@@ -186,9 +208,11 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
                 Err(reason) => {
                     for p in members {
                         p.fail(
-                            FailKind::RuntimeError,
-                            format!(
-                                "re-initialising the runtime for new sampling failed: {reason}"
+                            Failure::new(
+                                FailKind::RuntimeError,
+                                format!(
+                                    "re-initialising the runtime for new sampling failed: {reason}"
+                                ),
                             ),
                             &model.queue.tel,
                         );
@@ -219,6 +243,10 @@ fn run_batch(
 ) {
     let cfg = &model.cfg;
     let started = Instant::now();
+    let members = refuse_unrunnable(members, &model.queue.tel);
+    if members.is_empty() {
+        return;
+    }
     let inputs: Vec<Input> = members
         .iter()
         .map(|p| Input::prompt(p.req.prompt.clone()))
@@ -257,7 +285,10 @@ fn run_batch(
 
     let (d, i) = (demux.clone(), inst.clone());
     let unloading = &model.unloading;
-    let unloaded = format!("model '{}' was unloaded during the run", cfg.name);
+    let unloaded = Failure::new(
+        FailKind::Unavailable,
+        format!("model '{}' was unloaded during the run", cfg.name),
+    );
     let result = handle.run(&inputs, &infer, move |step| {
         if i.current(generation) {
             i.touch();
@@ -273,9 +304,18 @@ fn run_batch(
 
     let mut d = demux.lock();
     match result {
-        Ok(RunOutcome::Failed) => d.fail_all("the runtime reported an error during the run"),
+        Ok(RunOutcome::Failed) => d.fail_all(&Failure::new(
+            FailKind::RuntimeError,
+            "the runtime reported an error during the run",
+        )),
         Ok(_) => d.finish(Instant::now()),
-        Err(e) => d.fail_all(&format!("the run failed: {e}")),
+        Err(e) => {
+            tracing::warn!(model = %cfg.name, instance = inst.index, "the run failed: {e}");
+            d.fail_all(&Failure::new(
+                FailKind::RuntimeError,
+                format!("the run failed: {e}"),
+            ))
+        }
     }
     if let Some(r) = d.run_record(started.elapsed()) {
         model.queue.tel.run(r);
@@ -285,4 +325,25 @@ fn run_batch(
         inst.run.lock().take();
         *inst.state.lock() = InstanceState::Idle;
     }
+}
+
+/// Ends the requests whose prompt the runtime cannot take (it passes prompts as C strings,
+/// so a NUL byte would make it reject the whole run) and returns the others, in order.
+fn refuse_unrunnable(
+    members: Vec<Pending>,
+    tel: &crate::telemetry::ModelTelemetry,
+) -> Vec<Pending> {
+    let (bad, good): (Vec<Pending>, Vec<Pending>) = members
+        .into_iter()
+        .partition(|p| p.req.prompt.contains('\0'));
+    for p in bad {
+        p.fail(
+            Failure::new(
+                FailKind::BadRequest,
+                "the prompt contains a NUL character, which the runtime cannot take",
+            ),
+            tel,
+        );
+    }
+    good
 }

@@ -21,5 +21,6 @@ pub mod telemetry;
 pub use config::ModelConfig;
 pub use error::SubmitError;
 pub use instance::InstanceState;
-pub use request::{BatchKey, Event, FinishReason, Request, RequestStream, Timings};
+pub use request::{BatchKey, Event, Failure, FinishReason, Request, RequestStream, Timings};
 pub use scheduler::{InstanceSnapshot, ModelSnapshot, ModelStatus, Scheduler};
+pub use telemetry::FailKind;

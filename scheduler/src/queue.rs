@@ -1,7 +1,7 @@
 //! A model's waiting requests, in arrival order, and how an instance takes its next batch.
 
 use crate::policy::{Decision, Policy, Waiting};
-use crate::request::{BatchKey, Event, FinishReason, Request, Timings};
+use crate::request::{BatchKey, Event, Failure, FinishReason, Request, Timings};
 use crate::telemetry::{FailKind, ModelTelemetry, Outcome, RequestRecord};
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
@@ -18,11 +18,12 @@ pub struct Pending {
 
 impl Pending {
     /// Ends a request that never ran, and records why.
-    pub fn fail(self, kind: FailKind, message: String, tel: &ModelTelemetry) {
+    pub fn fail(self, failure: Failure, tel: &ModelTelemetry) {
         let waited = self.req.arrival.elapsed();
-        self.record(kind, waited, tel);
+        self.record(failure.kind, waited, tel);
+        tracing::debug!(request = self.id, model = %tel.model, kind = %failure.kind, "{}", failure.message);
         let _ = self.tx.send(Event::End {
-            reason: FinishReason::Error(message),
+            reason: FinishReason::Error(failure),
             prompt_tokens: self.req.prompt_tokens as u32,
             completion_tokens: 0,
             timings: Timings {
@@ -85,10 +86,10 @@ pub fn sweep(
         } else if now.saturating_duration_since(p.req.arrival) > max_wait {
             let p = waiting.remove(i).expect("index in range");
             let waited = now.saturating_duration_since(p.req.arrival).as_secs_f64();
-            p.fail(FailKind::Timeout, format!(
+            p.fail(Failure::new(FailKind::Timeout, format!(
                 "the request waited {waited:.1}s in the queue, longer than the configured maximum of {:.1}s",
                 max_wait.as_secs_f64()
-            ), tel);
+            )), tel);
         } else {
             i += 1;
         }

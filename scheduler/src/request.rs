@@ -1,6 +1,8 @@
 //! A request in, a stream of events out.
 
+use crate::telemetry::FailKind;
 use rkllm::Sampling;
+use std::fmt;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -44,9 +46,35 @@ pub enum FinishReason {
     Stop,
     /// The request's max_tokens, or the end of the context.
     Length,
-    /// The runtime failed this request's run; the message says why.
-    Error(String),
+    /// The request did not complete: what kind of failure (which decides the client's
+    /// status and the metric label) and, for people, why.
+    Error(Failure),
 }
+
+/// Why a request that was accepted did not complete. The kind travels with the message so
+/// that nobody downstream has to guess it from the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: FailKind,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(kind: FailKind, message: impl Into<String>) -> Failure {
+        Failure {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Timings {

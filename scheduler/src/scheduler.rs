@@ -7,11 +7,12 @@ use crate::error::SubmitError;
 use crate::instance::{self, Instance, InstanceState};
 use crate::policy::Policy;
 use crate::queue::{sweep, Pending, Queue};
-use crate::request::{BatchKey, Request, RequestStream};
+use crate::request::{BatchKey, Failure, Request, RequestStream};
 use crate::stats::{LatencyStats, ModelSummary};
 use crate::telemetry::{FailKind, ModelTelemetry, Telemetry};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
+use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,6 +27,34 @@ pub enum ModelStatus {
     Ready,
     /// Every instance failed to load: requests are refused with this reason.
     Unavailable(String),
+}
+
+impl ModelStatus {
+    /// The state's name, as the API and the model-state metric show it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ModelStatus::Loading => "loading",
+            ModelStatus::Ready => "ready",
+            ModelStatus::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// Why the model cannot serve, when it cannot.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            ModelStatus::Unavailable(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ModelStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModelStatus::Unavailable(r) => write!(f, "unavailable: {r}"),
+            other => f.write_str(other.label()),
+        }
+    }
 }
 
 pub(crate) struct Shared {
@@ -58,9 +87,10 @@ impl Model {
     /// An instance could not load. When none is left, the model is unavailable and its
     /// waiting requests fail with the reason.
     pub fn instance_failed(&self, inst: &Instance, reason: String) {
-        eprintln!(
-            "rkserve: model {}: instance {} failed: {reason}",
-            self.cfg.name, inst.index
+        tracing::error!(
+            model = %self.cfg.name,
+            instance = inst.index,
+            "instance failed: {reason}"
         );
         *inst.state.lock() = InstanceState::Failed(reason.clone());
         let all_failed = self
@@ -72,8 +102,10 @@ impl Model {
             let mut waiting = self.queue.waiting.lock();
             for p in waiting.drain(..) {
                 p.fail(
-                    FailKind::Unavailable,
-                    format!("model '{}' is unavailable: {reason}", self.cfg.name),
+                    Failure::new(
+                        FailKind::Unavailable,
+                        format!("model '{}' is unavailable: {reason}", self.cfg.name),
+                    ),
                     &self.queue.tel,
                 );
             }
@@ -155,8 +187,45 @@ impl Scheduler {
     }
 
     /// Starts serving a model (replacing one of the same name); it loads in the background.
+    /// A replaced model's waiting requests fail as unavailable: to load a model only if it
+    /// is not there, use [`Scheduler::add_model_if_absent`].
     pub fn add_model(&self, cfg: ModelConfig) {
-        let model = Arc::new(Model {
+        let model = self.new_model(cfg);
+        let old = self
+            .models
+            .write()
+            .insert(model.cfg.name.clone(), model.clone());
+        self.start_instances(&model);
+        if let Some(old) = old {
+            stop_model(&old, "it was replaced");
+        }
+    }
+
+    /// Starts serving a model unless one of that name is served already (in any state).
+    /// Returns whether it started it. The check and the insertion are one step, so callers
+    /// racing to load the same model load it once and none replaces another's.
+    pub fn add_model_if_absent(&self, cfg: ModelConfig) -> bool {
+        let model = {
+            let mut models = self.models.write();
+            if models.contains_key(&cfg.name) {
+                return false;
+            }
+            let model = self.new_model(cfg);
+            models.insert(model.cfg.name.clone(), model.clone());
+            model
+        };
+        self.start_instances(&model);
+        true
+    }
+
+    fn start_instances(&self, model: &Arc<Model>) {
+        for inst in &model.instances {
+            instance::spawn(model.clone(), inst.clone(), self.shared.clone());
+        }
+    }
+
+    fn new_model(&self, cfg: ModelConfig) -> Arc<Model> {
+        Arc::new(Model {
             policy: Policy {
                 batch_window: cfg.batch_window,
                 starvation_bound: cfg.starvation_bound,
@@ -172,14 +241,7 @@ impl Scheduler {
                 .collect(),
             unloading: AtomicBool::new(false),
             cfg,
-        });
-        for inst in &model.instances {
-            instance::spawn(model.clone(), inst.clone(), self.shared.clone());
-        }
-        let old = self.models.write().insert(model.cfg.name.clone(), model);
-        if let Some(old) = old {
-            stop_model(&old, "it was replaced");
-        }
+        })
     }
 
     /// Stops serving a model: waiting requests fail, runs in progress are aborted, and its
@@ -195,6 +257,13 @@ impl Scheduler {
         }
     }
 
+    /// The model's status, if it is served.
+    pub fn status(&self, name: &str) -> Option<ModelStatus> {
+        let model = self.models.read().get(name).cloned()?;
+        let status = model.status.lock().clone();
+        Some(status)
+    }
+
     /// Whether a model of that name is loaded (in any state).
     pub fn has_model(&self, name: &str) -> bool {
         self.models.read().contains_key(name)
@@ -202,49 +271,78 @@ impl Scheduler {
 
     /// Queues a request. Refusals come back at once, before any streaming could start.
     pub fn submit(&self, req: Request) -> Result<RequestStream, SubmitError> {
+        let mut streams = self.submit_all(vec![req])?;
+        Ok(streams.pop().expect("one request in, one stream out"))
+    }
+
+    /// Queues requests together (the `n` choices of one API request), or none of them: a
+    /// refusal leaves nothing behind to be cancelled and counted a second time. Streams come
+    /// back in the order of `reqs`; all must name the same model.
+    pub fn submit_all(&self, reqs: Vec<Request>) -> Result<Vec<RequestStream>, SubmitError> {
         if self.shared.stopping() {
             return Err(SubmitError::ShuttingDown);
         }
+        let Some(first) = reqs.first() else {
+            return Ok(Vec::new());
+        };
+        let name = first.model.clone();
         let model = self
             .models
             .read()
-            .get(&req.model)
+            .get(&name)
             .cloned()
-            .ok_or_else(|| SubmitError::UnknownModel(req.model.clone()))?;
+            .ok_or_else(|| SubmitError::UnknownModel(name.clone()))?;
+        if let Some(other) = reqs.iter().find(|r| r.model != name) {
+            return Err(SubmitError::UnknownModel(other.model.clone()));
+        }
         if let ModelStatus::Unavailable(reason) = &*model.status.lock() {
             return Err(SubmitError::ModelUnavailable {
-                model: req.model.clone(),
+                model: name,
                 reason: reason.clone(),
             });
         }
         let ctx = model.cfg.context_len;
         // The reply needs at least one token of room.
-        if req.prompt_tokens + 1 > ctx {
+        if let Some(r) = reqs.iter().find(|r| r.prompt_tokens + 1 > ctx) {
             return Err(SubmitError::PromptTooLong {
-                model: req.model.clone(),
-                prompt_tokens: req.prompt_tokens,
+                model: name,
+                prompt_tokens: r.prompt_tokens,
                 context_len: ctx,
             });
         }
+        // Slots of idle instances take waiting requests at their next look at the queue:
+        // a burst that fits them is not a backlog, however small max_queue is.
+        let free_slots = model
+            .instances
+            .iter()
+            .filter(|i| matches!(*i.state.lock(), InstanceState::Idle))
+            .count()
+            * model.cfg.n_batch as usize;
         let mut waiting = model.queue.waiting.lock();
-        if waiting.len() >= model.cfg.max_queue {
+        let room = (model.cfg.max_queue + free_slots).saturating_sub(waiting.len());
+        if reqs.len() > room {
             return Err(SubmitError::Overloaded {
-                model: req.model.clone(),
+                model: name,
                 waiting: waiting.len(),
                 retry_after: Duration::from_secs(1),
             });
         }
-        let (tx, rx) = unbounded_channel();
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        waiting.push_back(Pending {
-            id,
-            key: BatchKey::of(&req.sampling),
-            req,
-            tx,
-        });
+        let mut streams = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            let (tx, rx) = unbounded_channel();
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(request = id, model = %name, "queued");
+            waiting.push_back(Pending {
+                id,
+                key: BatchKey::of(&req.sampling),
+                req,
+                tx,
+            });
+            streams.push(RequestStream { rx, id });
+        }
         drop(waiting);
         model.queue.arrived.notify_all();
-        Ok(RequestStream { rx, id })
+        Ok(streams)
     }
 
     pub fn snapshot(&self) -> Vec<ModelSnapshot> {
@@ -329,10 +427,13 @@ impl Drop for Scheduler {
 /// Fails a model's waiting requests and stops its instances (each aborts its run).
 fn stop_model(m: &Model, why: &str) {
     m.unloading.store(true, Ordering::Release);
+    tracing::info!(model = %m.cfg.name, "stopped serving: {why}");
     for p in m.queue.waiting.lock().drain(..) {
         p.fail(
-            FailKind::Unavailable,
-            format!("model '{}' stopped serving: {why}", m.cfg.name),
+            Failure::new(
+                FailKind::Unavailable,
+                format!("model '{}' stopped serving: {why}", m.cfg.name),
+            ),
             &m.queue.tel,
         );
     }
@@ -375,17 +476,19 @@ fn watchdog(models: Arc<RwLock<HashMap<String, Arc<Model>>>>, shared: Arc<Shared
 /// its own, the abort may hang too), and start a new handle on a new thread. The old thread,
 /// if its run ever returns, sees it was replaced and destroys its handle.
 fn recover_stuck(model: &Arc<Model>, inst: &Arc<Instance>, shared: &Arc<Shared>) {
-    eprintln!(
-        "rkserve: model {}: instance {} made no progress for {:?}; failing its run and restarting it",
-        model.cfg.name, inst.index, model.cfg.stall_timeout
+    tracing::warn!(
+        model = %model.cfg.name,
+        instance = inst.index,
+        "no progress for {:?}; failing its run and restarting the instance",
+        model.cfg.stall_timeout
     );
     inst.generation.fetch_add(1, Ordering::AcqRel);
     *inst.state.lock() = InstanceState::Restarting;
     if let Some(run) = inst.run.lock().take() {
-        run.lock().fail_all_as(FailKind::Timeout, &format!(
+        run.lock().fail_all(&Failure::new(FailKind::Timeout, format!(
             "the runtime made no progress for {:.1}s; the run was abandoned and the instance restarted",
             model.cfg.stall_timeout.as_secs_f64()
-        ));
+        )));
     }
     if let Some(abort) = inst.abort.lock().take() {
         std::thread::spawn(move || {

@@ -2,7 +2,7 @@
 //! histograms since start and over a sliding window (kept as a ring of sub-windows, so the
 //! window slides in steps of a tenth of its length).
 
-use crate::telemetry::{Outcome, RequestRecord};
+use crate::telemetry::{FailKind, Outcome, RequestRecord};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, VecDeque};
@@ -16,6 +16,7 @@ const MAX_US: u64 = 3_600_000_000;
 struct Set {
     requests: u64,
     failed: u64,
+    failures: BTreeMap<FailKind, u64>,
     ttft: Histogram<u64>,
     itl: Histogram<u64>,
     e2e: Histogram<u64>,
@@ -27,6 +28,7 @@ impl Set {
         Set {
             requests: 0,
             failed: 0,
+            failures: BTreeMap::new(),
             ttft: h(),
             itl: h(),
             e2e: h(),
@@ -35,8 +37,9 @@ impl Set {
 
     fn record(&mut self, r: &RequestRecord) {
         let us = |d: Duration| (d.as_micros() as u64).clamp(1, MAX_US);
-        if matches!(r.outcome, Outcome::Failed(_)) {
+        if let Outcome::Failed(kind) = r.outcome {
             self.failed += 1;
+            *self.failures.entry(kind).or_default() += 1;
             return;
         }
         self.requests += 1;
@@ -52,6 +55,9 @@ impl Set {
     fn add(&mut self, other: &Set) {
         self.requests += other.requests;
         self.failed += other.failed;
+        for (k, n) in &other.failures {
+            *self.failures.entry(*k).or_default() += n;
+        }
         // Same bounds on both sides: adding cannot fail.
         let _ = self.ttft.add(&other.ttft);
         let _ = self.itl.add(&other.itl);
@@ -98,6 +104,8 @@ pub struct Summary {
     /// Requests that completed (stop or length).
     pub requests: u64,
     pub failed: u64,
+    /// `failed` by kind (kinds with none are absent).
+    pub failures: BTreeMap<FailKind, u64>,
     pub ttft: Percentiles,
     pub itl: Percentiles,
     pub e2e: Percentiles,
@@ -108,6 +116,7 @@ impl Summary {
         Summary {
             requests: s.requests,
             failed: s.failed,
+            failures: s.failures.clone(),
             ttft: Percentiles::of(&s.ttft),
             itl: Percentiles::of(&s.itl),
             e2e: Percentiles::of(&s.e2e),

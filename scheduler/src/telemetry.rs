@@ -7,7 +7,7 @@
 //! text and its histogram buckets are defined here so the server and the dashboards agree.
 
 use crate::request::FinishReason;
-use crate::scheduler::{ModelSnapshot, ModelStatus};
+use crate::scheduler::ModelSnapshot;
 use crate::stats::LatencyStats;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use metrics::{counter, gauge, histogram, Unit};
@@ -44,7 +44,7 @@ pub const MODEL_LOAD_TIME: &str = "rkserve_model_load_seconds";
 
 /// Why an accepted request did not complete, and why a request was refused (the server
 /// counts refusals under the same metric, so one panel shows every error).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum FailKind {
     /// Refused: the queue was full (HTTP 429).
     Overloaded,
@@ -54,10 +54,17 @@ pub enum FailKind {
     Timeout,
     /// The runtime failed the run.
     RuntimeError,
-    /// Refused: malformed, unknown model, prompt too long (HTTP 4xx).
+    /// Refused: malformed, unknown model, prompt too long (HTTP 4xx); or a prompt the
+    /// runtime cannot take (a NUL byte), refused in its slot while the rest of its run goes on.
     BadRequest,
     /// The model could not load or was unloaded while the request waited.
     Unavailable,
+}
+
+impl std::fmt::Display for FailKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
 }
 
 impl FailKind {
@@ -70,7 +77,8 @@ impl FailKind {
         FailKind::Unavailable,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    /// The `kind` label of the failure metric; also how the server names it in logs.
+    pub fn label(self) -> &'static str {
         match self {
             FailKind::Overloaded => "overloaded",
             FailKind::Cancelled => "cancelled",
@@ -90,11 +98,11 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub(crate) fn of(reason: &FinishReason, kind: FailKind) -> Outcome {
+    pub(crate) fn of(reason: &FinishReason) -> Outcome {
         match reason {
             FinishReason::Stop => Outcome::Stop,
             FinishReason::Length => Outcome::Length,
-            FinishReason::Error(_) => Outcome::Failed(kind),
+            FinishReason::Error(f) => Outcome::Failed(f.kind),
         }
     }
 }
@@ -228,7 +236,7 @@ fn record_all(rx: Receiver<Record>, stats: &LatencyStats) {
 
 /// Counts a failed or refused request (the server's refusals come through here too).
 pub fn count_failure(model: &str, kind: FailKind, n: u64) {
-    counter!(FAILURE, "model" => model.to_string(), "kind" => kind.as_str()).increment(n);
+    counter!(FAILURE, "model" => model.to_string(), "kind" => kind.label()).increment(n);
 }
 
 fn record_request(r: &RequestRecord) {
@@ -306,11 +314,7 @@ pub fn publish(
         gauge!(INSTANCES_BUSY, "model" => name.clone()).set(instances_busy as f64);
         gauge!(SLOTS, "model" => name.clone()).set((m.instances.len() * m.n_batch as usize) as f64);
         gauge!(SLOTS_BUSY, "model" => name.clone()).set(busy as f64);
-        let state = match m.status {
-            ModelStatus::Loading => "loading",
-            ModelStatus::Ready => "ready",
-            ModelStatus::Unavailable(_) => "unavailable",
-        };
+        let state = m.status.label();
         for s in ["loading", "ready", "unavailable"] {
             gauge!(MODEL_STATE, "model" => name.clone(), "state" => s).set(f64::from(s == state));
         }

@@ -3,7 +3,7 @@
 
 use rkllm::Sampling;
 use scheduler::{
-    Event, FinishReason, InstanceState, ModelConfig, ModelStatus, Request, RequestStream,
+    Event, FailKind, FinishReason, InstanceState, ModelConfig, ModelStatus, Request, RequestStream,
     Scheduler, SubmitError,
 };
 use std::path::PathBuf;
@@ -260,7 +260,10 @@ fn a_full_queue_refuses_at_once_and_a_long_wait_fails_the_request() {
     let t = Instant::now();
     let (_, reason, _, _) = collect(w1);
     match reason {
-        FinishReason::Error(msg) => assert!(msg.contains("waited"), "{msg}"),
+        FinishReason::Error(f) => {
+            assert_eq!(f.kind, FailKind::Timeout, "{f:?}");
+            assert!(f.message.contains("waited"), "{f:?}");
+        }
         other => panic!("expected a queue-wait error, got {other:?}"),
     }
     assert!(t.elapsed() < Duration::from_secs(2));
@@ -279,8 +282,11 @@ fn an_error_mid_run_fails_only_that_run() {
     let bad1 = s.submit(req("faulty", "x", 10)).unwrap();
     let bad2 = s.submit(req("faulty", "y", 10)).unwrap();
     let good = s.submit(req("healthy", "z", 10)).unwrap();
-    assert!(matches!(collect(bad1).1, FinishReason::Error(_)));
-    assert!(matches!(collect(bad2).1, FinishReason::Error(_)));
+    for bad in [bad1, bad2] {
+        assert!(
+            matches!(collect(bad).1, FinishReason::Error(f) if f.kind == FailKind::RuntimeError)
+        );
+    }
     assert_eq!(collect(good).1, FinishReason::Length);
     // The faulty model's instance takes the next run, which stays under the fault.
     let (_, reason, n, _) = collect(s.submit(req("faulty", "x", 2)).unwrap());
@@ -299,7 +305,10 @@ fn a_stalled_run_is_failed_and_the_instance_recreated() {
     let t = Instant::now();
     let (_, reason, _, _) = collect(s.submit(req("m", "stalls", 50)).unwrap());
     match reason {
-        FinishReason::Error(msg) => assert!(msg.contains("no progress"), "{msg}"),
+        FinishReason::Error(f) => {
+            assert_eq!(f.kind, FailKind::Timeout, "{f:?}");
+            assert!(f.message.contains("no progress"), "{f:?}");
+        }
         other => panic!("expected a stall error, got {other:?}"),
     }
     assert!(
@@ -427,7 +436,10 @@ fn unloading_a_model_ends_its_requests_and_loading_it_again_serves() {
     assert!(!s.has_model("m"));
     for stream in [running, waiting] {
         match collect(stream).1 {
-            FinishReason::Error(msg) => assert!(msg.contains("unloaded"), "{msg}"),
+            FinishReason::Error(f) => {
+                assert_eq!(f.kind, FailKind::Unavailable, "{f:?}");
+                assert!(f.message.contains("unloaded"), "{f:?}");
+            }
             other => panic!("expected an unload error, got {other:?}"),
         }
     }

@@ -68,18 +68,35 @@ impl ApiError {
         }
     }
 
-    /// A generation that ended in failure, with the status its cause calls for.
+    /// A generation that ended in failure, with the status its kind calls for: the
+    /// client's fault (400), the server's load or state (503 with Retry-After), or the
+    /// runtime's failure (500). The scheduler has counted it.
     pub fn from_finish(reason: &FinishReason) -> Self {
-        match reason {
-            FinishReason::Error(msg) => ApiError {
-                counted: true,
-                ..Self::new(StatusCode::INTERNAL_SERVER_ERROR, msg.clone())
-            },
-            _ => Self::new(
+        let FinishReason::Error(f) = reason else {
+            return Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the generation ended without an error",
-            ),
-        }
+            );
+        };
+        let retry = |e: ApiError| ApiError {
+            retry_after: Some(Duration::from_secs(1)),
+            ..e
+        };
+        let e = match f.kind {
+            FailKind::BadRequest => Self::bad_request(f.message.clone()),
+            FailKind::Overloaded => {
+                retry(Self::new(StatusCode::TOO_MANY_REQUESTS, f.message.clone()))
+            }
+            FailKind::Timeout | FailKind::Unavailable => retry(Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                f.message.clone(),
+            )),
+            FailKind::Cancelled => Self::client_gone(),
+            FailKind::RuntimeError => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, f.message.clone())
+            }
+        };
+        ApiError { counted: true, ..e }
     }
 
     fn openai_type(&self) -> &'static str {

@@ -102,6 +102,8 @@ pub struct Frames {
     /// At most one tool call per choice (`parallel_tool_calls: false`).
     single_call: bool,
     keep_alive: Duration,
+    /// The model stays loaded while its frames are read.
+    _lease: crate::models::Lease,
 }
 
 impl Frames {
@@ -111,6 +113,7 @@ impl Frames {
         parse: &ParseConfig,
         single_call: bool,
         first: Option<(usize, Event)>,
+        lease: crate::models::Lease,
     ) -> Frames {
         let needs_parser = parse.tools.is_some() || parse.reasoning || parse.starts_in_reasoning;
         let mut f = Frames {
@@ -126,6 +129,7 @@ impl Frames {
             pending: (0..n).map(|choice| Frame::Role { choice }).collect(),
             single_call,
             keep_alive: KEEP_ALIVE,
+            _lease: lease,
         };
         if let Some((i, e)) = first {
             f.on_event(i, e);
@@ -220,9 +224,10 @@ impl Frames {
                             self.on_event(
                                 choice,
                                 Event::End {
-                                    reason: FinishReason::Error(
-                                        "the scheduler stopped before the reply ended".into(),
-                                    ),
+                                    reason: FinishReason::Error(scheduler::Failure::new(
+                                        scheduler::FailKind::RuntimeError,
+                                        "the scheduler stopped before the reply ended",
+                                    )),
                                     prompt_tokens: 0,
                                     completion_tokens: 0,
                                     timings: Timings::default(),

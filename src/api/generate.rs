@@ -10,6 +10,7 @@ use super::request::GenRequest;
 use super::structured;
 use super::AppState;
 use crate::catalog::Served;
+use crate::models::Lease;
 use actix_web::http::StatusCode;
 use actix_web::web;
 use futures_util::stream::{self, BoxStream, StreamExt};
@@ -29,6 +30,8 @@ pub struct Generation {
     pub single_call: bool,
     prepared: Prepared,
     events: BoxStream<'static, (usize, Event)>,
+    /// Keeps the model loaded until the last frame is read.
+    lease: Lease,
 }
 
 fn events_of(i: usize, rs: RequestStream) -> BoxStream<'static, (usize, Event)> {
@@ -42,15 +45,19 @@ pub async fn ensure_loaded(
     state: &web::Data<AppState>,
     served: &Arc<Served>,
 ) -> Result<Duration, ApiError> {
-    if state.catalog.scheduler.has_model(&served.entry.name) {
-        return Ok(Duration::ZERO);
+    Ok(acquire(state, served).await?.load_duration())
+}
+
+/// A lease on the model, loading it first if needed: the model stays loaded while a request
+/// holds one, whatever another request's keep_alive says.
+pub async fn acquire(state: &web::Data<AppState>, served: &Arc<Served>) -> Result<Lease, ApiError> {
+    if let Some(lease) = state.catalog.try_acquire(&served.entry.name) {
+        return Ok(lease);
     }
-    let started = Instant::now();
     let (st, sv) = (state.clone(), served.clone());
-    web::block(move || st.catalog.ensure_loaded(&sv))
+    Ok(web::block(move || st.catalog.acquire(&sv))
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-    Ok(started.elapsed())
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??)
 }
 
 /// Submits every choice of the prepared prompts, each prompt's `n` choices in a row.
@@ -65,12 +72,12 @@ fn submit(
     let mut stop = served.stop.clone();
     stop.extend(g.stop.iter().cloned());
     let arrival = Instant::now();
-    let mut streams = Vec::with_capacity(prepared.prompts.len() * g.n);
-    for (p, (prompt, &prompt_tokens)) in prepared.prompts.iter().zip(counts).enumerate() {
+    let mut reqs = Vec::with_capacity(prepared.prompts.len() * g.n);
+    for (prompt, &prompt_tokens) in prepared.prompts.iter().zip(counts) {
         let room = (ctx - prompt_tokens - 1) as u32;
         let max_tokens = g.max_tokens.unwrap_or(room).min(room).max(1);
-        for j in 0..g.n {
-            let req = Request {
+        for _ in 0..g.n {
+            reqs.push(Request {
                 model: served.entry.name.clone(),
                 prompt: prompt.clone(),
                 prompt_tokens,
@@ -78,11 +85,18 @@ fn submit(
                 max_tokens,
                 stop: stop.clone(),
                 arrival,
-            };
-            // Dropping the streams already submitted cancels them if a later one is refused.
-            streams.push(events_of(p * g.n + j, state.catalog.scheduler.submit(req)?));
+            });
         }
     }
+    // All choices are queued or none: a refused request leaves nothing behind.
+    let streams: Vec<_> = state
+        .catalog
+        .scheduler
+        .submit_all(reqs)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, rs)| events_of(i, rs))
+        .collect();
     Ok(stream::select_all(streams).boxed())
 }
 
@@ -94,7 +108,8 @@ pub async fn start(
     g.validate()?;
     structured::check_schema(&g.format, g.prompt_param)?;
     let prepared = prompt::prepare(&served, g)?;
-    let load_duration = ensure_loaded(state, &served).await?;
+    let lease = acquire(state, &served).await?;
+    let load_duration = lease.load_duration();
     let ctx = served.context_len;
     let counts: Vec<usize> = prepared
         .prompts
@@ -134,6 +149,7 @@ pub async fn start(
         load_duration,
         prepared,
         events,
+        lease,
     })
 }
 
@@ -163,6 +179,7 @@ impl Generation {
             &self.prepared.parse,
             self.single_call,
             first,
+            self.lease,
         ))
     }
 }

@@ -28,7 +28,7 @@ pub async fn loaded(state: web::Data<AppState>) -> HttpResponse {
                         json!({"state": "running", "busy_slots": slots})
                     }
                     InstanceState::Failed(r) => json!({"state": "failed", "reason": r}),
-                    other => json!({"state": format!("{other:?}").to_lowercase()}),
+                    other => json!({"state": other.label()}),
                 })
                 .collect();
             json!({

@@ -9,6 +9,7 @@ use super::frames::{Finish, Frame, Reply, Shape, ToolCallFrame};
 use super::generate::{self, Meta};
 use super::request::{self, GenRequest, Prompt, SamplingFields};
 use super::{ndjson, AppState};
+pub use crate::duration::KeepAlive;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chat_template::{ChatMessage, ToolCall};
 use serde::Deserialize;
@@ -51,39 +52,6 @@ pub struct Msg {
     /// Which tool a `tool` message answers.
     #[serde(default)]
     tool_name: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum KeepAlive {
-    Seconds(f64),
-    Text(String),
-}
-
-impl KeepAlive {
-    /// Ollama's keep_alive: 0 unloads the model once the request is done.
-    fn is_zero(&self) -> bool {
-        self.duration() == Some(Duration::ZERO)
-    }
-
-    /// How long the model stays loaded after the request: `None` is forever (negative
-    /// values), a number is seconds, a string is a duration ("5m", "1h30m").
-    fn duration(&self) -> Option<Duration> {
-        match self {
-            KeepAlive::Seconds(s) if *s < 0.0 => None,
-            KeepAlive::Seconds(s) => Some(Duration::from_secs_f64(*s)),
-            KeepAlive::Text(t) => {
-                let t = t.trim();
-                if t.starts_with('-') {
-                    return None;
-                }
-                match t.parse::<f64>() {
-                    Ok(secs) => Some(Duration::from_secs_f64(secs)),
-                    Err(_) => humantime::parse_duration(t).ok(),
-                }
-            }
-        }
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -343,15 +311,11 @@ async fn run(
     Ok(ndjson::response(frames, lines))
 }
 
-/// What a request's keep_alive asks once it is done: 0 unloads the model now, a duration
-/// unloads it once idle that long, a negative value keeps it loaded; none changes nothing.
+/// What a request's keep_alive asks once it is done: 0 unloads the model once no request
+/// holds it, a duration once idle that long, a negative value keeps it; none changes nothing.
 fn apply_keep_alive(catalog: &crate::catalog::Catalog, name: &str, keep: Option<&KeepAlive>) {
-    match keep {
-        Some(k) if k.is_zero() => {
-            catalog.unload(name);
-        }
-        Some(k) => catalog.keep_alive(name, k.duration()),
-        None => {}
+    if let Some(k) = keep {
+        catalog.keep_alive(name, *k);
     }
 }
 
@@ -582,28 +546,40 @@ fn digest(e: &crate::registry::ModelEntry) -> String {
     )
 }
 
+/// Lists the models directory; resolving a model may read its tokenizer, so it runs off the
+/// async workers.
 pub async fn tags(state: web::Data<AppState>) -> HttpResponse {
-    let models: Vec<Value> = state
-        .catalog
-        .list()
-        .iter()
-        .map(|e| {
-            let d = state
-                .catalog
-                .resolve(&e.name)
-                .map(|s| details(&s))
-                .unwrap_or(json!({}));
-            json!({
-                "name": e.name,
-                "model": e.name,
-                "modified_at": rfc3339(e.modified),
-                "size": e.size_bytes,
-                "digest": digest(e),
-                "details": d,
+    let st = state.clone();
+    let models = web::block(move || {
+        st.catalog
+            .list()
+            .iter()
+            .map(|e| {
+                let d = st
+                    .catalog
+                    .resolve(&e.name)
+                    .map(|s| details(&s))
+                    .unwrap_or(json!({}));
+                json!({
+                    "name": e.name,
+                    "model": e.name,
+                    "modified_at": rfc3339(e.modified),
+                    "size": e.size_bytes,
+                    "digest": digest(e),
+                    "details": d,
+                })
             })
-        })
-        .collect();
-    HttpResponse::Ok().json(json!({"models": models}))
+            .collect::<Vec<Value>>()
+    })
+    .await;
+    match models {
+        Ok(models) => HttpResponse::Ok().json(json!({"models": models})),
+        Err(e) => ApiError::new(
+            actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+            e.to_string(),
+        )
+        .response(Api::Ollama),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -693,29 +669,5 @@ mod tests {
             "w8a8"
         );
         assert_eq!(super::quantization("zero-delay.toml"), "");
-    }
-}
-
-#[cfg(test)]
-mod keep_alive_tests {
-    use super::KeepAlive;
-    use std::time::Duration;
-
-    #[test]
-    fn keep_alive_values() {
-        assert_eq!(KeepAlive::Seconds(0.0).duration(), Some(Duration::ZERO));
-        assert!(KeepAlive::Text("0".into()).is_zero());
-        assert!(KeepAlive::Text("0s".into()).is_zero());
-        assert_eq!(
-            KeepAlive::Text("5m".into()).duration(),
-            Some(Duration::from_secs(300))
-        );
-        assert_eq!(
-            KeepAlive::Seconds(30.0).duration(),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(KeepAlive::Seconds(-1.0).duration(), None);
-        assert_eq!(KeepAlive::Text("-1".into()).duration(), None);
-        assert!(!KeepAlive::Text("5m".into()).is_zero());
     }
 }

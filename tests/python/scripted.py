@@ -33,6 +33,12 @@ WEATHER_TOOL = {
 }
 
 
+class GetWeather(pydantic.BaseModel):
+    """Get the current weather in a city."""
+
+    city: str
+
+
 class WeatherReport(pydantic.BaseModel):
     """The weather in a city."""
 

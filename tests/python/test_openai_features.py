@@ -20,6 +20,7 @@ from scripted import (
     WEATHER_ANSWER,
     WEATHER_QUESTION,
     WEATHER_TOOL,
+    GetWeather,
     Person,
     WeatherReport,
 )
@@ -101,9 +102,7 @@ def test_tool_call_streaming(client, scripted_model):
 
 def test_tool_call_stream_helper(client, scripted_model):
     """The SDK's own stream helper accumulates the deltas and parses strict tools."""
-    tool = openai.pydantic_function_tool(
-        pydantic_model_for_weather(), name="get_weather", description="Get the weather"
-    )
+    tool = openai.pydantic_function_tool(GetWeather, name="get_weather")
     with client.chat.completions.stream(
         model=scripted_model, messages=QUESTION, tools=[tool]
     ) as stream:
@@ -115,15 +114,6 @@ def test_tool_call_stream_helper(client, scripted_model):
     call = choice.message.tool_calls[0]
     _assert_weather_call(call)
     assert call.function.parsed_arguments.city == "Paris"
-
-
-def pydantic_model_for_weather():
-    import pydantic
-
-    class GetWeather(pydantic.BaseModel):
-        city: str
-
-    return GetWeather
 
 
 def test_reasoning_content_split_from_content(client, scripted_model):
