@@ -55,7 +55,8 @@ fn render(t: &ChatTemplate, messages: &[ChatMessage], tools: &[Value]) -> String
     .unwrap()
 }
 
-const TOOL_JSON: &str = r#"{"function": {"description": "Weather <now>", "name": "get_weather", "parameters": {"properties": {"city": {"type": "string"}}, "type": "object"}}, "type": "function"}"#;
+// In the order the client sent it, as transformers' tojson (no sort_keys) prints it.
+const TOOL_JSON: &str = r#"{"type": "function", "function": {"name": "get_weather", "description": "Weather <now>", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}"#;
 
 fn hermes_section() -> String {
     format!(
@@ -151,7 +152,7 @@ fn llama3_puts_tools_in_the_first_user_message_and_results_in_ipython_turns() {
     assert_eq!(t.tool_syntax(), ToolSyntax::Llama3Json);
     assert!(t.renders_tools_natively());
     let messages = &tool_conversation()[..4];
-    let tool_pretty = "{\n    \"function\": {\n        \"description\": \"Weather <now>\",\n        \"name\": \"get_weather\",\n        \"parameters\": {\n            \"properties\": {\n                \"city\": {\n                    \"type\": \"string\"\n                }\n            },\n            \"type\": \"object\"\n        }\n    },\n    \"type\": \"function\"\n}";
+    let tool_pretty = "{\n    \"type\": \"function\",\n    \"function\": {\n        \"name\": \"get_weather\",\n        \"description\": \"Weather <now>\",\n        \"parameters\": {\n            \"type\": \"object\",\n            \"properties\": {\n                \"city\": {\n                    \"type\": \"string\"\n                }\n            }\n        }\n    }\n}";
     assert_eq!(
         render(&t, messages, &[weather_tool()]),
         format!(
@@ -269,7 +270,7 @@ fn hf_qwen_style_templates_read_tool_calls_through_function() {
     }];
     assert_eq!(
         t.render(&messages, false).unwrap(),
-        r#"f={"n": [1, 2], "q": "<b>"};"#
+        r#"f={"q": "<b>", "n": [1, 2]};"#
     );
 }
 

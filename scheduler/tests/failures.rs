@@ -134,11 +134,13 @@ fn replacing_or_unloading_a_model_fails_its_waiting_requests_as_unavailable() {
     let s = start(vec![model("m", "[timing]\ndecode_step_ms = 20.0\n", 1)]);
     let busy = s.submit(req("m", "busy", 1000)).unwrap();
     let waiting = s.submit(req("m", "waiting", 1)).unwrap();
-    s.add_model(model("m", "", 1));
+    // The replacement is slow too, so that its request is still going when it is removed
+    // (a 1-token reply on a zero-delay model could finish first on a loaded machine).
+    s.add_model(model("m", "[timing]\ndecode_step_ms = 20.0\n", 1));
     assert_eq!(failure(waiting).kind, FailKind::Unavailable);
     assert_eq!(failure(busy).kind, FailKind::Unavailable);
     assert!(s.wait_loaded(Duration::from_secs(30)));
-    let waiting = s.submit(req("m", "w", 1)).unwrap();
+    let waiting = s.submit(req("m", "w", 1000)).unwrap();
     assert!(s.remove_model("m"));
     assert_eq!(failure(waiting).kind, FailKind::Unavailable);
 }

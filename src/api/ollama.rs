@@ -227,10 +227,11 @@ impl Lines {
     /// The final line; the request's keep_alive applies from here.
     fn done(&self, r: &Reply) -> Value {
         let mut d = stats(&self.meta, r.completion_tokens, &r.timings);
-        d["done_reason"] = json!(if self.unload_after {
-            "unload"
-        } else {
-            r.finish.as_str()
+        // Ollama says "stop" after tool calls too; "tool_calls" is OpenAI's word.
+        d["done_reason"] = json!(match &r.finish {
+            _ if self.unload_after => "unload",
+            Finish::ToolCalls => "stop",
+            f => f.as_str(),
         });
         if let Finish::Error(e) = &r.finish {
             d["error"] = json!(e.message);

@@ -54,11 +54,6 @@ def test_chat_tool_call(client, scripted_model, tool):
     assert r.done is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rkserve sends done_reason 'tool_calls' (OpenAI's finish_reason) on /api/chat; "
-    "Ollama sends 'stop' for a reply that ends in tool calls",
-)
 def test_chat_tool_call_done_reason_is_stop(client, scripted_model):
     r = client.chat(model=scripted_model, messages=QUESTION, tools=[WEATHER_TOOL], stream=False)
     assert r.message.tool_calls
@@ -158,18 +153,18 @@ def test_format_schema_unmet_is_422(client, scripted_model):
     assert ei.value.error
 
 
-def test_default_model_serves_tools_think_and_format(client, model):
+def test_default_model_serves_tools_and_think(client, model):
+    # (format on the default model is covered on the OpenAI side: each of its retries costs
+    # a prefill of the schema instructions, too slow to pay twice on a small CPU.)
     opts = {"temperature": 0, "num_predict": 8}
     r = client.chat(model=model, messages=QUESTION, tools=[WEATHER_TOOL], options=opts)
-    assert r.done and (r.message.content or r.message.tool_calls)
+    assert r.done is True and r.done_reason in ("stop", "length", "tool_calls")
+    assert r.message.content or r.message.tool_calls
+    for call in r.message.tool_calls or []:
+        assert isinstance(call.function.arguments, dict)
     r = client.chat(model=model, messages=QUESTION, think=True, options=opts)
-    assert r.done and r.message.content
-    try:
-        r = client.chat(model=model, messages=QUESTION, format="json", options={**opts, "num_predict": 16})
-    except ollama.ResponseError as e:
-        assert e.status_code == 422, e  # a 135M model may miss every retry; never a 400
-    else:
-        json.loads(r.message.content)
+    assert r.done is True and r.message.content
+    assert not r.message.thinking  # SmolLM2's template does not think
 
 
 def test_pull_of_a_present_model(client, model):

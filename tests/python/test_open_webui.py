@@ -103,21 +103,19 @@ def test_chat_stream_with_builtin_tools_and_options(http, model):
 
 
 def test_title_task_while_a_chat_streams(server_url, http, model):
-    """The title request is answered while the user's answer is still streaming."""
+    """The title request, sent while the user's answer streams: both are answered."""
     got_first_line = threading.Event()
-    result = {}
+    result = {"objs": []}
 
     def stream_chat():
         try:
             with httpx.Client(base_url=server_url, timeout=60) as c:
                 with c.stream("POST", "/api/chat", json=_chat_body(model, 48)) as r:
                     result["status"] = r.status_code
-                    objs = []
                     for line in r.iter_lines():
                         if line.strip():
-                            objs.append(json.loads(line))
+                            result["objs"].append(json.loads(line))
                             got_first_line.set()
-                    result["objs"] = objs
         except Exception as e:  # surfaced by the main thread
             result["error"] = e
         finally:
@@ -127,24 +125,24 @@ def test_title_task_while_a_chat_streams(server_url, http, model):
     t.start()
     assert got_first_line.wait(60), "the streamed chat sent nothing"
     assert "error" not in result, result.get("error")
+    in_flight = not result["objs"][-1]["done"]
     title = http.post("/api/chat", json=_title_task(model))
-    stream_still_running = t.is_alive()
     t.join(90)
     assert not t.is_alive(), "the streamed chat did not finish"
     assert "error" not in result, result.get("error")
+    assert in_flight, "the stream ended before the title request was sent: nothing tested"
 
     assert title.status_code == 200, title.text
     tj = title.json()
     assert tj["done"] is True and tj["model"] == model
     assert isinstance(tj["message"]["content"], str) and tj["message"]["content"]
     for k in STATS:
-        assert isinstance(tj[k], int)
+        assert isinstance(tj[k], int) and not isinstance(tj[k], bool), (k, tj)
 
     assert result["status"] == 200
     _assert_ndjson_chat(result["objs"], model)
-    # Not a hard guarantee on a slow machine, but 48 tokens take far longer than 12 more in
-    # the same batch: the title must not have waited for the whole stream.
-    assert stream_still_running or result["objs"][-1]["done_reason"] == "stop"
+    # Whether the title overtakes the stream is not asserted: it samples at temperature 0,
+    # the chat at 0.8, and requests with different sampling are separate runs (docs/server.md).
 
 
 def test_openai_side_with_extra_fields(http, model):

@@ -286,13 +286,15 @@ def test_default_model_serves_reasoning_effort(client, model):
 
 def test_default_model_serves_response_format(client, model):
     """A 200 is JSON that validates; a 135M model may also miss every retry (422)."""
+    # Up to 1 + server.structured_retries generations, each with its own prefill: on a busy
+    # 2-core machine that can outlast the default 60 s timeout.
     try:
-        r = client.chat.completions.create(
+        r = client.with_options(timeout=180).chat.completions.create(
             model=model,
             messages=[{"role": "user", "content": 'Answer in JSON: {"capital": "..."} for France.'}],
             response_format={"type": "json_object"},
             temperature=0,
-            max_tokens=16,
+            max_tokens=8,
         )
     except openai.APIStatusError as e:
         assert e.status_code == 422, (e.status_code, e.body)
