@@ -522,6 +522,23 @@ async fn api_keys_guard_everything_but_health() {
         assert_eq!(r.status, 200, "{key}: {r:?}");
     }
 
+    // The scheme is case-insensitive; a different scheme is no key.
+    for (header, status) in [
+        ("BEARER k1", 200),
+        ("bearer k2", 200),
+        ("  Bearer k1", 200),
+        ("Basic k1", 401),
+        ("Bearerk1", 401),
+    ] {
+        let r = client
+            .get(s.url("/v1/models"))
+            .header("authorization", header)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{header}");
+    }
+
     for path in ["/health", "/ready"] {
         assert_eq!(get(path, None).await.status, 200, "{path} is open");
     }

@@ -1,6 +1,9 @@
 //! The scheduler end to end: real runtime instances on the CPU runtime's synthetic engine
 //! (and once on the default model), driven through `submit` as the server drives it.
 
+mod common;
+
+use common::{lib, model, start};
 use rkllm::Sampling;
 use scheduler::{
     Event, FailKind, FinishReason, InstanceState, ModelConfig, ModelStatus, Request, RequestStream,
@@ -8,37 +11,6 @@ use scheduler::{
 };
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-fn lib() -> PathBuf {
-    rkllm::cpu_runtime_near_exe().expect("librkllmrt.so is built with the workspace")
-}
-
-fn profile(body: &str) -> PathBuf {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "rkserve-sched-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join("profile.toml");
-    std::fs::write(&p, body).unwrap();
-    p
-}
-
-fn model(name: &str, body: &str, n_batch: u8) -> ModelConfig {
-    let mut m = ModelConfig::new(name, profile(body), lib());
-    m.n_batch = n_batch;
-    m.batch_window = Duration::from_millis(20);
-    m.cpus = Some(vec![]);
-    m
-}
-
-fn start(models: Vec<ModelConfig>) -> Scheduler {
-    let s = Scheduler::new(models);
-    assert!(s.wait_loaded(Duration::from_secs(30)));
-    s
-}
 
 fn req(model: &str, prompt: &str, max_tokens: u32) -> Request {
     Request {

@@ -40,6 +40,22 @@ fn events_of(i: usize, rs: RequestStream) -> BoxStream<'static, (usize, Event)> 
         .boxed()
 }
 
+/// Finds a model by any of its names; the first resolve reads its tokenizer, so it runs off
+/// the async workers.
+pub async fn resolve(state: &web::Data<AppState>, query: &str) -> Result<Arc<Served>, ApiError> {
+    let (st, q) = (state.clone(), query.to_string());
+    off_loop(move || st.catalog.resolve(&q)).await
+}
+
+/// Runs catalog work that may block (file reads, model loads) on the blocking pool.
+async fn off_loop<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::catalog::CatalogError> + Send + 'static,
+) -> Result<T, ApiError> {
+    Ok(web::block(f)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??)
+}
+
 /// Loads the model if it is not loaded (off the async workers: loading blocks).
 pub async fn ensure_loaded(
     state: &web::Data<AppState>,
@@ -55,9 +71,7 @@ pub async fn acquire(state: &web::Data<AppState>, served: &Arc<Served>) -> Resul
         return Ok(lease);
     }
     let (st, sv) = (state.clone(), served.clone());
-    Ok(web::block(move || st.catalog.acquire(&sv))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??)
+    off_loop(move || st.catalog.acquire(&sv)).await
 }
 
 /// Submits every choice of the prepared prompts, each prompt's `n` choices in a row.

@@ -48,7 +48,7 @@ pub async fn loaded(state: web::Data<AppState>) -> HttpResponse {
 
 pub async fn load(state: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
     let result = async {
-        let served = state.catalog.resolve(&id)?;
+        let served = super::generate::resolve(&state, &id).await?;
         let took = ensure_loaded(&state, &served).await?;
         let snap = state.catalog.scheduler.snapshot();
         match snap
@@ -77,7 +77,7 @@ pub async fn load(state: web::Data<AppState>, id: web::Path<String>) -> HttpResp
 
 pub async fn unload(state: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
     let result = async {
-        let served = state.catalog.resolve(&id)?;
+        let served = super::generate::resolve(&state, &id).await?;
         if state.catalog.unload(&served.entry.name) {
             Ok(HttpResponse::Ok().json(json!({"id": served.entry.name, "status": "unloaded"})))
         } else {

@@ -141,10 +141,10 @@ pub async fn auth(
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
+        // The scheme is case-insensitive (RFC 9110): clients send "Bearer", "bearer", "BEARER".
+        .and_then(|v| v.trim_start().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key)
         .unwrap_or("")
         .trim();
     // Every key is compared, so the time taken says nothing about which one nearly matched.

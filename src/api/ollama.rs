@@ -280,19 +280,18 @@ async fn run(
     stream_out: bool,
     keep_alive: Option<KeepAlive>,
 ) -> Result<HttpResponse, ApiError> {
-    let served = state.catalog.resolve(model_query)?;
+    let served = generate::resolve(&state, model_query).await?;
     let client = Client::of(http);
-    let unload_after = keep_alive.as_ref().is_some_and(KeepAlive::is_zero);
+    let lines = |meta| Lines {
+        kind,
+        meta,
+        unload_after: keep_alive.as_ref().is_some_and(KeepAlive::is_zero),
+        state: state.clone(),
+        keep_alive,
+    };
     if !stream_out {
         let (meta, mut replies) = generate::complete(&state, served, &g, &client).await?;
-        let r = replies.remove(0);
-        let lines = Lines {
-            kind,
-            meta,
-            unload_after,
-            state: state.clone(),
-            keep_alive,
-        };
+        let (r, lines) = (replies.remove(0), lines(meta));
         let done = lines.done(&r);
         return Ok(HttpResponse::Ok().json(lines.line(
             &r.text,
@@ -302,13 +301,7 @@ async fn run(
         )));
     }
     let (meta, frames) = generate::stream(&state, served, &g, &client).await?;
-    let lines = Lines {
-        kind,
-        meta,
-        unload_after,
-        state: state.clone(),
-        keep_alive,
-    };
+    let lines = lines(meta);
     Ok(ndjson::response(frames, lines))
 }
 
@@ -327,7 +320,7 @@ async fn load_or_unload(
     keep_alive: Option<KeepAlive>,
     kind: Kind,
 ) -> Result<HttpResponse, ApiError> {
-    let served = state.catalog.resolve(model)?;
+    let served = generate::resolve(state, model).await?;
     let unload = keep_alive.as_ref().is_some_and(KeepAlive::is_zero);
     if !unload {
         generate::ensure_loaded(state, &served).await?;
@@ -598,7 +591,7 @@ pub async fn show(state: web::Data<AppState>, payload: web::Payload) -> HttpResp
             .model
             .or(req.name)
             .ok_or_else(|| ApiError::bad_request("missing 'model'"))?;
-        let s = state.catalog.resolve(&query)?;
+        let s = generate::resolve(&state, &query).await?;
         let mut info = json!({
             "general.architecture": s.family,
             "rkserve.context_length": s.context_len,

@@ -429,7 +429,7 @@ async fn respond(
     g: GenRequest,
     kind: Kind,
 ) -> Result<HttpResponse, ApiError> {
-    let served = state.catalog.resolve(&c.model)?;
+    let served = generate::resolve(state, &c.model).await?;
     let client = Client::of(http);
     let id = format!(
         "{}-{:x}",

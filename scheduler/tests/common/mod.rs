@@ -1,0 +1,40 @@
+//! Shared by the scheduler's integration tests: models on the CPU runtime's synthetic engine,
+//! each profile in a directory of its own.
+
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
+use scheduler::{ModelConfig, Scheduler};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub fn lib() -> PathBuf {
+    rkllm::cpu_runtime_near_exe().expect("librkllmrt.so is built with the workspace")
+}
+
+pub fn profile(body: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "rkserve-sched-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("profile.toml");
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+pub fn model(name: &str, body: &str, n_batch: u8) -> ModelConfig {
+    let mut m = ModelConfig::new(name, profile(body), lib());
+    m.n_batch = n_batch;
+    m.batch_window = Duration::from_millis(20);
+    m.cpus = Some(vec![]);
+    m
+}
+
+pub fn start(models: Vec<ModelConfig>) -> Scheduler {
+    let s = Scheduler::new(models);
+    assert!(s.wait_loaded(Duration::from_secs(30)));
+    s
+}
