@@ -72,17 +72,20 @@ pub enum Frame {
 /// How long a stream may stay silent before a keep-alive frame.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// A unique tool-call id, in OpenAI's `call_…` form.
-pub fn call_id() -> String {
+/// A number unique within this process and unlikely to repeat across restarts, for
+/// response and tool-call ids.
+pub fn unique_id() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    format!(
-        "call_{:016x}",
-        t ^ N.fetch_add(1, Ordering::Relaxed).rotate_left(40)
-    )
+    t ^ N.fetch_add(1, Ordering::Relaxed).rotate_left(40)
+}
+
+/// A unique tool-call id, in OpenAI's `call_…` form.
+pub fn call_id() -> String {
+    format!("call_{:016x}", unique_id())
 }
 
 /// One choice's state while its events turn into frames.

@@ -7,11 +7,11 @@ use super::disconnect::Client;
 use super::error::{Api, ApiError};
 use super::frames::{Finish, Frame, Reply, Shape, ToolCallFrame};
 use super::generate::{self, Meta};
-use super::request::{self, GenRequest, Prompt, SamplingFields};
+use super::request::{self, GenRequest, Prompt, SamplingFields, WireToolCall};
 use super::{ndjson, AppState};
 pub use crate::duration::KeepAlive;
 use actix_web::{web, HttpRequest, HttpResponse};
-use chat_template::{ChatMessage, ToolCall};
+use chat_template::ChatMessage;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::time::{Duration, SystemTime};
@@ -26,18 +26,6 @@ pub struct Options {
     frequency_penalty: Option<f32>,
     num_predict: Option<i64>,
     stop: Option<Vec<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct WireToolCall {
-    function: WireFunction,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct WireFunction {
-    name: String,
-    #[serde(default)]
-    arguments: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -358,11 +346,7 @@ fn messages(msgs: Vec<Msg>) -> Result<Vec<ChatMessage>, ApiError> {
                     .unwrap_or_default()
                     .into_iter()
                     .enumerate()
-                    .map(|(j, c)| ToolCall {
-                        id: format!("call_{i}_{j}"),
-                        name: c.function.name,
-                        arguments: c.function.arguments.unwrap_or(json!({})),
-                    })
+                    .map(|(j, c)| c.into_tool_call(|| format!("call_{i}_{j}")))
                     .collect(),
                 tool_call_id: None,
                 name: m.tool_name,

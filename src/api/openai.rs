@@ -6,10 +6,10 @@ use super::disconnect::Client;
 use super::error::{Api, ApiError};
 use super::frames::{Finish, Frame, Reply, Shape};
 use super::generate::{self, Meta};
-use super::request::{self, GenRequest, Prompt, SamplingFields};
+use super::request::{self, GenRequest, Prompt, SamplingFields, WireToolCall};
 use super::{sse, AppState};
 use actix_web::{web, HttpRequest, HttpResponse};
-use chat_template::{ChatMessage, ToolCall};
+use chat_template::ChatMessage;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -33,21 +33,6 @@ pub struct Part {
     kind: String,
     #[serde(default)]
     text: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct WireToolCall {
-    #[serde(default)]
-    id: Option<String>,
-    function: WireFunction,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct WireFunction {
-    name: String,
-    /// A JSON text in OpenAI's API (some clients send the object itself).
-    #[serde(default)]
-    arguments: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -217,20 +202,6 @@ fn gen_request(
     Ok(g)
 }
 
-/// History tool calls carry their arguments as a JSON text; templates want the object.
-fn tool_call(c: WireToolCall, i: usize) -> ToolCall {
-    let arguments = match c.function.arguments {
-        Some(Value::String(s)) => serde_json::from_str(&s).unwrap_or(Value::String(s)),
-        Some(v) => v,
-        None => json!({}),
-    };
-    ToolCall {
-        id: c.id.unwrap_or_else(|| format!("call_{i}")),
-        name: c.function.name,
-        arguments,
-    }
-}
-
 fn messages(msgs: Vec<Message>) -> Result<Vec<ChatMessage>, ApiError> {
     if msgs.is_empty() {
         return Err(ApiError::bad_param(
@@ -269,7 +240,7 @@ fn messages(msgs: Vec<Message>) -> Result<Vec<ChatMessage>, ApiError> {
                     .unwrap_or_default()
                     .into_iter()
                     .enumerate()
-                    .map(|(j, c)| tool_call(c, j))
+                    .map(|(j, c)| c.into_tool_call(|| format!("call_{j}")))
                     .collect(),
                 tool_call_id: m.tool_call_id,
                 name: m.name,
@@ -438,7 +409,7 @@ async fn respond(
         } else {
             "cmpl"
         },
-        rand_id()
+        super::frames::unique_id()
     );
     let created = super::unix_now();
     if !c.stream {
@@ -584,15 +555,6 @@ impl Shape for Chunks {
         u["usage"] = usage(self.meta.prompt_tokens, self.completion);
         vec![u]
     }
-}
-
-fn rand_id() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    t ^ N.fetch_add(1, Ordering::Relaxed).rotate_left(40)
 }
 
 pub async fn list_models(state: web::Data<AppState>) -> HttpResponse {

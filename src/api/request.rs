@@ -184,6 +184,38 @@ impl GenRequest {
     }
 }
 
+/// A tool call in a history message, as both APIs send it (Ollama without an id).
+#[derive(Debug, serde::Deserialize)]
+pub struct WireToolCall {
+    #[serde(default)]
+    id: Option<String>,
+    function: WireFunction,
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct WireFunction {
+    name: String,
+    /// A JSON text in OpenAI's API, an object in Ollama's (some OpenAI clients send that too).
+    #[serde(default)]
+    arguments: Option<Value>,
+}
+
+impl WireToolCall {
+    /// Templates want the arguments as an object, whichever form they came in.
+    pub fn into_tool_call(self, default_id: impl FnOnce() -> String) -> chat_template::ToolCall {
+        let arguments = match self.function.arguments {
+            Some(Value::String(s)) => serde_json::from_str(&s).unwrap_or(Value::String(s)),
+            Some(v) => v,
+            None => serde_json::json!({}),
+        };
+        chat_template::ToolCall {
+            id: self.id.unwrap_or_else(default_id),
+            name: self.function.name,
+            arguments,
+        }
+    }
+}
+
 /// The function name of an OpenAI tool definition.
 pub fn tool_name(tool: &Value) -> Option<&str> {
     tool.get("function")?.get("name")?.as_str()
