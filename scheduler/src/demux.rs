@@ -103,6 +103,15 @@ impl Demux {
         })
     }
 
+    /// KV cells the open requests occupy: their prompts and the tokens generated so far.
+    pub fn kv_tokens(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.open)
+            .map(|s| s.prompt_tokens + s.generated as usize)
+            .sum()
+    }
+
     /// Requests still receiving output.
     pub fn open(&self) -> usize {
         self.slots.iter().filter(|s| s.open).count()

@@ -117,6 +117,8 @@ impl Model {
 pub struct InstanceSnapshot {
     pub index: usize,
     pub state: InstanceState,
+    /// KV cells its requests in flight occupy: their prompts and what they generated.
+    pub kv_tokens: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +132,16 @@ pub struct ModelSnapshot {
 }
 
 impl ModelSnapshot {
+    /// The KV cells in use over all there are (`n_batch` x context per instance), 0 to 1.
+    pub fn kv_usage(&self) -> f64 {
+        let total = self.instances.len() * self.n_batch as usize * self.context_len;
+        if total == 0 {
+            return 0.0;
+        }
+        let used: usize = self.instances.iter().map(|i| i.kv_tokens).sum();
+        (used as f64 / total as f64).min(1.0)
+    }
+
     /// Slots of all instances currently generating.
     pub fn busy_slots(&self) -> usize {
         self.instances
@@ -362,6 +374,7 @@ impl Scheduler {
                     .map(|i| InstanceSnapshot {
                         index: i.index,
                         state: i.state.lock().clone(),
+                        kv_tokens: i.run.lock().as_ref().map_or(0, |d| d.lock().kv_tokens()),
                     })
                     .collect(),
             })
