@@ -310,6 +310,8 @@ impl Catalog {
         m.starvation_bound = sc.starvation_bound;
         m.stall_timeout = sc.stall_timeout;
         m.destroy_timeout = sc.destroy_timeout;
+        m.reform = sc.reform;
+        m.cut_via = sc.reform_via;
         m.cpus = (!sc.cpus.is_empty()).then(|| sc.cpus.clone());
         Ok(m)
     }

@@ -80,6 +80,15 @@ pub struct Runtime {
 }
 
 fn de_abi<'de, D: serde::Deserializer<'de>>(d: D) -> Result<AbiFamily, D::Error> {
+    de_parse(d)
+}
+
+/// A setting written as a string and parsed by its type's `FromStr`.
+fn de_parse<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr<Err = String>,
+{
     String::deserialize(d)?
         .parse()
         .map_err(serde::de::Error::custom)
@@ -132,6 +141,10 @@ pub struct Scheduler {
     pub destroy_timeout: Duration,
     pub cpus: Vec<usize>,
     pub default_context_len: usize,
+    #[serde(deserialize_with = "de_parse")]
+    pub reform: scheduler::Reform,
+    #[serde(deserialize_with = "de_parse")]
+    pub reform_via: scheduler::CutVia,
 }
 
 impl Default for Scheduler {
@@ -149,6 +162,8 @@ impl Default for Scheduler {
             destroy_timeout: m.destroy_timeout,
             cpus: vec![],
             default_context_len: m.context_len,
+            reform: m.reform,
+            reform_via: m.cut_via,
         }
     }
 }
@@ -185,6 +200,9 @@ pub struct Cli {
     /// Instances per model.
     #[arg(long, env = "RKSERVE_INSTANCES")]
     pub instances: Option<usize>,
+    /// Continuous batching: "auto" (re-form runs when it pays) or "off" (static runs).
+    #[arg(long, env = "RKSERVE_REFORM")]
+    pub reform: Option<scheduler::Reform>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -248,6 +266,9 @@ impl Config {
         }
         if let Some(n) = cli.instances {
             cfg.scheduler.instances = n;
+        }
+        if let Some(r) = cli.reform {
+            cfg.scheduler.reform = r;
         }
         // An empty key would match a request's empty bearer token: it must not pass for a
         // key, and silently dropping it could leave a server open that was meant to be shut.

@@ -87,16 +87,29 @@ impl Tokenizer {
     /// Tokens the runtime will prefill for `text` passed verbatim at the start of a sequence.
     pub fn count(&self, text: &str) -> usize {
         match self {
-            Tokenizer::Exact(v) => {
-                let vocab = v.model.vocab();
-                // The CPU runtime adds BOS unless the rendered text already starts with it.
-                let add_bos = vocab.should_add_bos() && !text.starts_with(&v.bos_text);
-                vocab.tokenize(text.as_bytes(), add_bos, true).len()
-            }
+            Tokenizer::Exact(_) => self.ids(text).map_or(0, |ids| ids.len()),
             Tokenizer::Bytes {
                 bytes_per_token, ..
             } => text.len().div_ceil((*bytes_per_token).max(1)).max(1),
         }
+    }
+
+    /// The token ids the runtime would make of `text`, where this tokenizer is the model's
+    /// own (GGUF); `None` where only counts are known.
+    pub fn ids(&self, text: &str) -> Option<Vec<i32>> {
+        let Tokenizer::Exact(v) = self else {
+            return None;
+        };
+        let vocab = v.model.vocab();
+        // The CPU runtime adds BOS unless the rendered text already starts with it.
+        let add_bos = vocab.should_add_bos() && !text.starts_with(&v.bos_text);
+        Some(
+            vocab
+                .tokenize(text.as_bytes(), add_bos, true)
+                .into_iter()
+                .map(|t| t.0)
+                .collect(),
+        )
     }
 
     pub fn is_exact(&self) -> bool {

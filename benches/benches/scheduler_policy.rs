@@ -4,9 +4,10 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use rkllm::abi::RKLLMResult;
 use rkllm::{Sampling, Step, StepState};
-use scheduler::demux::{Demux, Member};
+use scheduler::demux::Demux;
 use scheduler::policy::{Policy, Waiting};
-use scheduler::BatchKey;
+use scheduler::sequence::Sequence;
+use scheduler::{BatchKey, Request};
 use std::ffi::CString;
 use std::time::{Duration, Instant};
 
@@ -52,21 +53,26 @@ fn demux(c: &mut Criterion) {
         })
         .collect();
     let mut receivers = Vec::new();
-    let members: Vec<Member> = (0..8)
+    let slots: Vec<Option<Sequence>> = (0..8)
         .map(|i| {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             receivers.push(rx);
-            Member {
-                id: i,
-                tx,
+            let req = Request {
+                model: "m".into(),
+                prompt: "p".into(),
+                prompt_ids: None,
+                prompt_tokens: 10,
+                sampling: Sampling::default(),
                 max_tokens: u32::MAX,
                 stop: vec!["\n\nUser:".into()],
-                prompt_tokens: 10,
                 arrival: Instant::now(),
-            }
+            };
+            // Output is not recorded for resuming: over millions of iterations it would
+            // measure the allocator, and in a run it is one push per token.
+            Some(Sequence::new(i, req, tx, Instant::now(), false, false))
         })
         .collect();
-    let mut d = Demux::new(members, Instant::now(), usize::MAX);
+    let mut d = Demux::new(slots, vec![false; 8], Instant::now(), usize::MAX);
     c.bench_function("demux: one step of 8 slots (with a stop sequence)", |b| {
         b.iter(|| {
             d.step(

@@ -30,6 +30,7 @@ fn workspace() -> PathBuf {
 fn request(model: &str, prompt: String, max_tokens: u32) -> Request {
     Request {
         model: model.into(),
+        prompt_ids: None,
         prompt_tokens: prompt.len().div_ceil(4),
         prompt,
         sampling: Sampling::greedy(),

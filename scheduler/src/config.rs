@@ -1,4 +1,5 @@
 use rkllm::AbiFamily;
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -31,6 +32,10 @@ pub struct ModelConfig {
     pub stall_timeout: Duration,
     /// How long `rkllm_destroy` may take before it is abandoned on its thread.
     pub destroy_timeout: Duration,
+    /// Whether runs may be cut at a step boundary to re-form (continuous batching).
+    pub reform: Reform,
+    /// How a run is cut: the callback returning pause, or `rkllm_abort`.
+    pub cut_via: CutVia,
     /// CPUs for the runtime threads; `None`: the big cores if the board has them, else
     /// no pinning.
     pub cpus: Option<Vec<usize>>,
@@ -52,7 +57,69 @@ impl ModelConfig {
             starvation_bound: Duration::from_secs(2),
             stall_timeout: Duration::from_secs(30),
             destroy_timeout: Duration::from_secs(5),
+            reform: Reform::Auto,
+            cut_via: CutVia::Pause,
             cpus: None,
+        }
+    }
+}
+
+/// Continuous batching over static runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reform {
+    /// A run may be cut when the cost model says re-forming pays.
+    Auto,
+    /// Static runs: a run lasts until its last member ends.
+    Off,
+}
+
+/// How a run is ended early. Neither is verified on Rockchip's runtime (a field report has a
+/// crash when a callback returned 1, another has abort taking over a second), so it is a
+/// setting; when the chosen way does not stop the run, re-forming turns itself off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutVia {
+    Pause,
+    Abort,
+}
+
+impl fmt::Display for Reform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Reform::Auto => "auto",
+            Reform::Off => "off",
+        })
+    }
+}
+
+impl fmt::Display for CutVia {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CutVia::Pause => "pause",
+            CutVia::Abort => "abort",
+        })
+    }
+}
+
+impl std::str::FromStr for Reform {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Reform::Auto),
+            "off" => Ok(Reform::Off),
+            other => Err(format!("reform must be \"auto\" or \"off\", not {other:?}")),
+        }
+    }
+}
+
+impl std::str::FromStr for CutVia {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pause" => Ok(CutVia::Pause),
+            "abort" => Ok(CutVia::Abort),
+            other => Err(format!(
+                "reform_via must be \"pause\" or \"abort\", not {other:?}"
+            )),
         }
     }
 }

@@ -1,41 +1,33 @@
-//! One run's demultiplexer: slot i of every step goes to the request in slot i. It runs in
+//! One run's demultiplexer: slot i of every step goes to the sequence in slot i. It runs in
 //! the runtime's callback, so it never blocks (unbounded channels) and allocates only the
 //! text it sends.
+//!
+//! A run may be cut to re-form ([`Demux::cut`]): the sequences still generating then survive
+//! the run's end ([`Demux::into_continuing`]) instead of ending with it, and go on in the
+//! next run in the same slots.
 
-use crate::request::{Event, Failure, FinishReason, Timings};
-use crate::stop::StopMatcher;
-use crate::telemetry::{FailKind, ModelTelemetry, Outcome, RequestRecord, RunRecord};
+use crate::request::{Failure, FinishReason};
+use crate::sequence::Sequence;
+use crate::telemetry::{FailKind, ModelTelemetry, Outcome, RunRecord};
 use rkllm::{Flow, Step, StepState};
 use std::time::Instant;
-use tokio::sync::mpsc::UnboundedSender;
 
-/// A request placed in a slot of a run.
-#[derive(Debug)]
-pub struct Member {
-    pub id: u64,
-    pub tx: UnboundedSender<Event>,
-    pub max_tokens: u32,
-    pub stop: Vec<String>,
-    pub prompt_tokens: usize,
-    pub arrival: Instant,
-}
-
-struct Slot {
-    tx: UnboundedSender<Event>,
-    stop: StopMatcher,
-    max_tokens: u32,
-    prompt_tokens: usize,
-    arrival: Instant,
-    generated: u32,
-    first_at: Option<Instant>,
-    last_at: Option<Instant>,
-    /// Gaps between tokens in µs, kept only when telemetry is on (allocated up front).
-    itl_us: Vec<u32>,
-    open: bool,
+/// How the run is being ended early, once a re-form was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// The callback returns 1 (pause) from the next step on.
+    Pause,
+    /// `rkllm_abort` was asked for; steps may still come until it takes effect.
+    Abort,
 }
 
 pub struct Demux {
-    slots: Vec<Slot>,
+    slots: Vec<Option<Sequence>>,
+    /// Slots the runtime is still decoding (given an input, not yet reported finished),
+    /// whether or not a request still wants them.
+    decoding: Vec<bool>,
+    /// Slots holding a resumed sequence whose first step of this run has not come yet.
+    resumed: Vec<bool>,
     started: Instant,
     context_len: usize,
     tel: Option<ModelTelemetry>,
@@ -43,82 +35,154 @@ pub struct Demux {
     generated_tokens: Option<metrics::Counter>,
     steps: u64,
     slot_steps: u64,
+    dead_slot_steps: u64,
     memory_mb: Option<f32>,
+    cut: Option<(Cut, Instant)>,
+    /// Steps seen since the cut was decided (a runtime that ignores pause keeps going).
+    steps_since_cut: u32,
+    /// When the previous step arrived, and how many slots the runtime decoded for it.
+    last_step: Option<(Instant, usize)>,
+    /// Per-run figures the cost model learns from: (slots decoded, ms) of each step, and the
+    /// prefill seen at the first step.
+    pub observed: Observed,
 }
 
+/// What a run showed about the runtime's costs, for the instance's cost model.
+#[derive(Debug, Default, Clone)]
+pub struct Observed {
+    /// Decode steps: (slots decoded, milliseconds), most recent last; bounded.
+    pub steps: Vec<(usize, f64)>,
+    /// Prompt tokens prefilled at the run's start (from perf stats) and how long it took.
+    pub prefill: Option<(usize, f64)>,
+    /// Resumed sequences: (tokens prefilled again, context tokens).
+    pub resumes: Vec<(usize, usize)>,
+    /// Replies that ended by themselves, in tokens.
+    pub replies: Vec<u32>,
+}
+
+/// Steps kept per run for the cost model; a run of thousands of steps needs no more.
+const OBSERVED_STEPS: usize = 64;
+
 impl Demux {
-    pub fn new(members: Vec<Member>, started: Instant, context_len: usize) -> Demux {
+    /// `slots` has one entry per runtime slot (`n_batch`); `resumed` marks the sequences
+    /// continuing from an earlier run.
+    pub fn new(
+        slots: Vec<Option<Sequence>>,
+        resumed: Vec<bool>,
+        started: Instant,
+        context_len: usize,
+    ) -> Demux {
+        let decoding = slots.iter().map(Option::is_some).collect();
+        let n = slots.len();
         Demux {
-            slots: members
-                .into_iter()
-                .map(|m| Slot {
-                    tx: m.tx,
-                    stop: StopMatcher::new(m.stop),
-                    max_tokens: m.max_tokens,
-                    prompt_tokens: m.prompt_tokens,
-                    arrival: m.arrival,
-                    generated: 0,
-                    first_at: None,
-                    last_at: None,
-                    itl_us: Vec::new(),
-                    open: true,
-                })
-                .collect(),
+            slots,
+            decoding,
+            resumed,
             started,
             context_len,
             tel: None,
             generated_tokens: None,
             steps: 0,
             slot_steps: 0,
+            dead_slot_steps: 0,
             memory_mb: None,
+            cut: None,
+            steps_since_cut: 0,
+            last_step: None,
+            observed: Observed {
+                steps: Vec::with_capacity(OBSERVED_STEPS),
+                resumes: Vec::with_capacity(n),
+                replies: Vec::with_capacity(n),
+                prefill: None,
+            },
         }
     }
 
     /// Records every request's latencies and the run's figures through `tel`.
     pub fn with_telemetry(mut self, tel: ModelTelemetry) -> Demux {
-        for s in &mut self.slots {
-            // Room for every gap up front: the callback should not have to allocate.
-            s.itl_us = Vec::with_capacity(s.max_tokens.min(4096) as usize);
-        }
         let (prompt, generated) = tel.token_counters();
-        // The whole batch is prefilled when the run starts.
-        prompt.increment(self.slots.iter().map(|s| s.prompt_tokens as u64).sum());
+        // New requests' prompts are prefilled when the run starts; resumed ones were counted
+        // in their first run.
+        let fresh: usize = self
+            .slots
+            .iter()
+            .zip(&self.resumed)
+            .filter(|(_, &r)| !r)
+            .filter_map(|(s, _)| s.as_ref().map(|s| s.prompt_tokens))
+            .sum();
+        prompt.increment(fresh as u64);
         self.generated_tokens = Some(generated);
         self.tel = Some(tel);
         self
     }
 
     /// The run's figures, once it is over.
-    pub fn run_record(&self, busy: std::time::Duration) -> Option<RunRecord> {
+    pub fn run_record(&self, busy: std::time::Duration, slots: usize) -> Option<RunRecord> {
         let tel = self.tel.as_ref()?;
         Some(RunRecord {
             model: tel.model.clone(),
-            slots: self.slots.len(),
+            slots,
             busy,
             steps: self.steps,
             slot_steps: self.slot_steps,
+            dead_slot_steps: self.dead_slot_steps,
+            cut: self.cut.is_some(),
+            resumed_prefill_tokens: self.observed.resumes.iter().map(|&(p, _)| p as u64).sum(),
             memory_bytes: self
                 .memory_mb
                 .map(|mb| (mb as f64 * 1024.0 * 1024.0) as u64),
         })
     }
 
-    /// KV cells the open requests occupy: their prompts and the tokens generated so far.
-    pub fn kv_tokens(&self) -> usize {
-        self.slots
-            .iter()
-            .filter(|s| s.open)
-            .map(|s| s.prompt_tokens + s.generated as usize)
-            .sum()
-    }
-
     /// Requests still receiving output.
     pub fn open(&self) -> usize {
-        self.slots.iter().filter(|s| s.open).count()
+        self.slots.iter().flatten().count()
     }
 
-    /// Handles one step. Returns [`Flow::Pause`] once no slot needs more output, so the run
-    /// stops and the instance takes new work at once.
+    /// The sequences still generating, by slot.
+    pub fn sequences(&self) -> impl Iterator<Item = &Sequence> {
+        self.slots.iter().flatten()
+    }
+
+    /// Slots the runtime still decodes for requests that ended.
+    pub fn dead(&self) -> usize {
+        self.slots
+            .iter()
+            .zip(&self.decoding)
+            .filter(|(s, &d)| d && s.is_none())
+            .count()
+    }
+
+    /// KV cells the open requests occupy: their prompts and the tokens generated so far.
+    pub fn kv_tokens(&self) -> usize {
+        self.sequences().map(Sequence::context_tokens).sum()
+    }
+
+    /// Whether a sequence would lose part of a character if the run were cut now.
+    pub fn mid_char(&self) -> bool {
+        self.sequences().any(|s| s.mid_char)
+    }
+
+    /// Marks the run as being cut: from now on its end does not end the open sequences.
+    pub fn cut(&mut self, how: Cut, now: Instant) {
+        if self.cut.is_none() {
+            self.cut = Some((how, now));
+            self.steps_since_cut = 0;
+        }
+    }
+
+    /// The cut under way, and when it was decided.
+    pub fn cutting(&self) -> Option<(Cut, Instant)> {
+        self.cut
+    }
+
+    /// Steps that came after the cut was decided.
+    pub fn steps_since_cut(&self) -> u32 {
+        self.steps_since_cut
+    }
+
+    /// Handles one step. Returns [`Flow::Pause`] once no slot needs more output (the run
+    /// stops and the instance takes new work at once), or when the run is cut by pausing.
     pub fn step(&mut self, step: &Step<'_>, now: Instant) -> Flow {
         // Runtimes report memory in some steps only (the last, on ours).
         if let Some(mb) = step
@@ -129,190 +193,173 @@ impl Demux {
             self.memory_mb = Some(mb);
         }
         match step.state() {
-            StepState::Finish => self.end_all(|s, ctx| s.natural_end(ctx), now),
+            StepState::Finish if self.cut.is_some() => {}
+            StepState::Finish => self.end_all(now),
             StepState::Error => self.fail_all(&Failure::new(
                 FailKind::RuntimeError,
                 "the runtime reported an error during the run",
             )),
-            StepState::Normal | StepState::Waiting => {
-                let (ctx, tel) = (self.context_len, self.tel.as_ref());
-                self.steps += 1;
-                let mut tokens = 0;
-                for (i, slot) in self.slots.iter_mut().enumerate().take(step.len()) {
-                    if !slot.open {
-                        continue;
-                    }
-                    self.slot_steps += 1;
-                    if slot.tx.is_closed() {
-                        // The client is gone: discard this slot's output from now on.
-                        slot.open = false;
-                        slot.record(tel, Outcome::Failed(FailKind::Cancelled), now, self.started);
-                        continue;
-                    }
-                    let r = step.slot(i);
-                    // The token that completes a stop sequence was generated: it counts.
-                    if r.token_id >= 0 {
-                        slot.generated += 1;
-                        tokens += 1;
-                        if let Some(last) = slot.last_at {
-                            if slot.itl_us.len() < slot.itl_us.capacity() {
-                                let gap = now.saturating_duration_since(last).as_micros();
-                                slot.itl_us.push(gap.min(u32::MAX as u128) as u32);
-                            }
-                        }
-                        slot.first_at.get_or_insert(now);
-                        slot.last_at = Some(now);
-                    }
-                    if let Some(bytes) = r.text {
-                        let released = slot.stop.push(&String::from_utf8_lossy(bytes));
-                        slot.send_text(released.text, now);
-                        if released.stopped {
-                            slot.end(FinishReason::Stop, self.started, tel, now);
-                            continue;
-                        }
-                    }
-                    if r.token_id < 0 {
-                        slot.flush(now);
-                        let reason = slot.natural_end(ctx);
-                        slot.end(reason, self.started, tel, now);
-                    } else if slot.generated >= slot.max_tokens {
-                        slot.flush(now);
-                        slot.end(FinishReason::Length, self.started, tel, now);
-                    }
-                }
-                if let Some(c) = &self.generated_tokens {
-                    c.increment(tokens);
-                }
-            }
+            StepState::Normal | StepState::Waiting => self.decode_step(step, now),
         }
-        if self.open() == 0 {
+        if self.open() == 0 || self.cut.is_some_and(|(c, _)| c == Cut::Pause) {
             Flow::Pause
         } else {
             Flow::Continue
         }
     }
 
-    /// Ends every open request with this failure (a failed, stuck or unloaded run). A slot
-    /// already ended keeps its first ending: each request ends, and is counted, once.
-    pub fn fail_all(&mut self, failure: &Failure) {
-        let (started, tel, now) = (self.started, self.tel.as_ref(), Instant::now());
-        for s in self.slots.iter_mut().filter(|s| s.open) {
-            s.end(FinishReason::Error(failure.clone()), started, tel, now);
+    fn decode_step(&mut self, step: &Step<'_>, now: Instant) {
+        let (ctx, tel) = (self.context_len, self.tel.as_ref());
+        self.steps += 1;
+        if self.cut.is_some() {
+            self.steps_since_cut += 1;
+        }
+        let decoded = self.decoding.iter().filter(|&&d| d).count();
+        match self.last_step {
+            Some((at, n)) if self.observed.steps.len() < OBSERVED_STEPS => {
+                let ms = now.saturating_duration_since(at).as_secs_f64() * 1000.0;
+                self.observed.steps.push((n, ms));
+            }
+            None => {
+                // The first step: the prefill of the whole batch came before it.
+                let prefilled: i32 = step
+                    .slots()
+                    .take(self.slots.len())
+                    .map(|r| r.perf.prefill_tokens.max(0))
+                    .sum();
+                let ms = now.saturating_duration_since(self.started).as_secs_f64() * 1000.0;
+                self.observed.prefill = Some((prefilled as usize, ms));
+            }
+            _ => {}
+        }
+        self.last_step = Some((now, decoded));
+        let mut tokens = 0;
+        for i in 0..step.len().min(self.slots.len()) {
+            if !self.decoding[i] {
+                continue;
+            }
+            let r = step.slot(i);
+            if r.token_id < 0 {
+                self.decoding[i] = false;
+            }
+            let Some(seq) = self.slots[i].as_mut() else {
+                if self.decoding[i] {
+                    self.dead_slot_steps += 1;
+                }
+                continue;
+            };
+            self.slot_steps += 1;
+            if std::mem::take(&mut self.resumed[i]) {
+                let prefilled = r.perf.prefill_tokens.max(0) as u32;
+                seq.resumes += 1;
+                seq.resume_prefill_tokens += prefilled;
+                self.observed
+                    .resumes
+                    .push((prefilled as usize, seq.context_tokens()));
+            }
+            if seq.client_gone() {
+                // The client is gone: discard this slot's output from now on.
+                let mut seq = self.slots[i].take().expect("checked above");
+                seq.record(tel, Outcome::Failed(FailKind::Cancelled), now);
+                continue;
+            }
+            // The token that completes a stop sequence was generated: it counts.
+            let stopped = if r.token_id >= 0 {
+                tokens += 1;
+                seq.token(r.token_id, r.text, now)
+            } else {
+                seq.text(r.text, now)
+            };
+            let end = if stopped {
+                Some(FinishReason::Stop)
+            } else if r.token_id < 0 {
+                seq.flush(now);
+                Some(seq.natural_end(ctx))
+            } else if seq.generated >= seq.max_tokens {
+                seq.flush(now);
+                Some(FinishReason::Length)
+            } else {
+                None
+            };
+            if let Some(reason) = end {
+                let seq = self.slots[i].take().expect("checked above");
+                if reason == FinishReason::Stop {
+                    self.observed.replies.push(seq.generated);
+                }
+                seq.end(reason, tel, now);
+            }
+        }
+        if let Some(c) = &self.generated_tokens {
+            c.increment(tokens);
         }
     }
 
-    fn end_all(&mut self, reason: impl Fn(&Slot, usize) -> FinishReason, now: Instant) {
-        let (started, ctx, tel) = (self.started, self.context_len, self.tel.as_ref());
-        for s in self.slots.iter_mut().filter(|s| s.open) {
-            s.flush(now);
-            let r = reason(s, ctx);
-            s.end(r, started, tel, now);
+    /// Ends every open request with this failure (a failed, stuck or unloaded run). A
+    /// request already ended keeps its first ending: each request ends, and is counted, once.
+    pub fn fail_all(&mut self, failure: &Failure) {
+        let (tel, now) = (self.tel.as_ref(), Instant::now());
+        for seq in self.slots.iter_mut().filter_map(Option::take) {
+            seq.end(FinishReason::Error(failure.clone()), tel, now);
+        }
+    }
+
+    fn end_all(&mut self, now: Instant) {
+        let (ctx, tel) = (self.context_len, self.tel.as_ref());
+        for mut seq in self.slots.iter_mut().filter_map(Option::take) {
+            seq.flush(now);
+            let r = seq.natural_end(ctx);
+            seq.end(r, tel, now);
         }
     }
 
     /// The run ended without reporting every slot's end (FINISH after an abort or pause).
     pub fn finish(&mut self, now: Instant) {
-        self.end_all(|s, ctx| s.natural_end(ctx), now);
-    }
-}
-
-impl Slot {
-    fn send_text(&mut self, text: String, now: Instant) {
-        if !text.is_empty() {
-            // A closed channel means the client left; the next step notices.
-            let _ = self.tx.send(Event::Text { text, at: now });
-        }
+        self.end_all(now);
     }
 
-    fn flush(&mut self, now: Instant) {
-        let held = self.stop.finish();
-        self.send_text(held, now);
-    }
-
-    /// Why a slot the runtime finished ended: a full context counts as length.
-    fn natural_end(&self, context_len: usize) -> FinishReason {
-        if self.prompt_tokens + self.generated as usize + 1 >= context_len {
-            FinishReason::Length
-        } else {
-            FinishReason::Stop
-        }
-    }
-
-    fn timings(&self, started: Instant) -> Timings {
-        Timings {
-            queue: started.saturating_duration_since(self.arrival),
-            ttft: self
-                .first_at
-                .map(|t| t.saturating_duration_since(self.arrival)),
-            decode: match (self.first_at, self.last_at) {
-                (Some(a), Some(b)) => b.saturating_duration_since(a),
-                _ => Default::default(),
-            },
-        }
-    }
-
-    /// Sends this request's measurements to the telemetry thread.
-    fn record(
-        &mut self,
-        tel: Option<&ModelTelemetry>,
-        outcome: Outcome,
-        now: Instant,
-        started: Instant,
-    ) {
-        let Some(tel) = tel else { return };
-        let t = self.timings(started);
-        tel.request(RequestRecord {
-            model: tel.model.clone(),
-            outcome,
-            prompt_tokens: self.prompt_tokens as u32,
-            completion_tokens: self.generated,
-            queue: t.queue,
-            ttft: t.ttft,
-            prefill: self.first_at.map(|f| f.saturating_duration_since(started)),
-            decode: t.decode,
-            e2e: now.saturating_duration_since(self.arrival),
-            itl_us: std::mem::take(&mut self.itl_us),
-        });
-    }
-
-    fn end(
-        &mut self,
-        reason: FinishReason,
-        started: Instant,
-        tel: Option<&ModelTelemetry>,
-        now: Instant,
-    ) {
-        self.open = false;
-        let timings = self.timings(started);
-        self.record(tel, Outcome::of(&reason), now, started);
-        let _ = self.tx.send(Event::End {
-            reason,
-            prompt_tokens: self.prompt_tokens as u32,
-            completion_tokens: self.generated,
-            timings,
-        });
+    /// After a cut: the sequences still generating, by slot, to go on in the next run.
+    pub fn into_continuing(&mut self) -> Vec<Option<Sequence>> {
+        self.slots.iter_mut().map(Option::take).collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::Pending;
+    use crate::request::{BatchKey, Event, Request};
     use rkllm::abi::RKLLMResult;
+    use rkllm::Sampling;
     use std::ffi::CString;
     use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-    fn member(max_tokens: u32, stop: &[&str]) -> (Member, UnboundedReceiver<Event>) {
+    fn member(max_tokens: u32, stop: &[&str]) -> (Sequence, UnboundedReceiver<Event>) {
         let (tx, rx) = unbounded_channel();
-        (
-            Member {
-                id: 0,
-                tx,
+        let p = Pending {
+            id: 0,
+            key: BatchKey::of(&Sampling::default()),
+            tx,
+            req: Request {
+                model: "m".into(),
+                prompt: "p".into(),
+                prompt_ids: None,
+                prompt_tokens: 10,
+                sampling: Sampling::default(),
                 max_tokens,
                 stop: stop.iter().map(|s| s.to_string()).collect(),
-                prompt_tokens: 10,
                 arrival: Instant::now(),
             },
-            rx,
+        };
+        (Sequence::start(p, Instant::now(), true, false), rx)
+    }
+
+    fn demux(seqs: Vec<Sequence>, ctx: usize) -> Demux {
+        let n = seqs.len();
+        Demux::new(
+            seqs.into_iter().map(Some).collect(),
+            vec![false; n],
+            Instant::now(),
+            ctx,
         )
     }
 
@@ -364,7 +411,7 @@ mod tests {
     fn each_slot_gets_its_own_text_and_its_own_max_tokens() {
         let (a, mut ra) = member(2, &[]);
         let (b, mut rb) = member(10, &[]);
-        let mut d = Demux::new(vec![a, b], Instant::now(), 4096);
+        let mut d = demux(vec![a, b], 4096);
         let flows = feed(
             &mut d,
             &[
@@ -383,12 +430,14 @@ mod tests {
             ("B1B2B3".into(), Some(FinishReason::Stop), 3)
         );
         assert_eq!(flows.last(), Some(&Flow::Pause));
+        // Slot 0 ended at its own max_tokens while the runtime went on decoding it.
+        assert_eq!(d.dead_slot_steps, 1);
     }
 
     #[test]
     fn a_stop_sequence_split_across_tokens_is_withheld() {
         let (a, mut ra) = member(100, &["END"]);
-        let mut d = Demux::new(vec![a], Instant::now(), 4096);
+        let mut d = demux(vec![a], 4096);
         let flows = feed(
             &mut d,
             &[
@@ -405,10 +454,62 @@ mod tests {
     }
 
     #[test]
+    fn a_stop_sequence_split_across_a_cut_is_withheld_and_the_text_continues() {
+        let (a, mut ra) = member(100, &["END"]);
+        let mut d = demux(vec![a], 4096);
+        feed(&mut d, &[&[(Some("done E"), 1)]]);
+        d.cut(Cut::Pause, Instant::now());
+        // The FINISH that may follow a cut does not end the request.
+        let fin = [RKLLMResult::EMPTY];
+        d.step(&Step::from_results(StepState::Finish, &fin), Instant::now());
+        let carried = d.into_continuing();
+        let seq = carried.into_iter().flatten().next().expect("still open");
+        assert_eq!(seq.generated, 1);
+        match seq.input().kind {
+            rkllm::InputKind::Prompt(t) => assert_eq!(t, "pdone E"),
+            other => panic!("{other:?}"),
+        }
+        let mut d = Demux::new(vec![Some(seq)], vec![true], Instant::now(), 4096);
+        feed(&mut d, &[&[(Some("ND more"), 2)]]);
+        assert_eq!(
+            drain(&mut ra),
+            ("done ".into(), Some(FinishReason::Stop), 2)
+        );
+    }
+
+    #[test]
+    fn a_pause_cut_returns_pause_and_an_abort_cut_lets_steps_through() {
+        let (a, _ra) = member(100, &[]);
+        let (b, _rb) = member(100, &[]);
+        let mut d = demux(vec![a, b], 4096);
+        d.cut(Cut::Abort, Instant::now());
+        assert_eq!(
+            feed(&mut d, &[&[(Some("x"), 1), (Some("y"), 1)]]),
+            vec![Flow::Continue]
+        );
+        assert_eq!(d.steps_since_cut(), 1);
+        let (c, _rc) = member(100, &[]);
+        let mut d = demux(vec![c], 4096);
+        d.cut(Cut::Pause, Instant::now());
+        assert_eq!(feed(&mut d, &[&[(Some("x"), 1)]]), vec![Flow::Pause]);
+        assert_eq!(d.into_continuing().iter().flatten().count(), 1);
+    }
+
+    #[test]
+    fn a_token_without_text_marks_a_character_in_flight() {
+        let (a, _ra) = member(100, &[]);
+        let mut d = demux(vec![a], 4096);
+        feed(&mut d, &[&[(None, 7)]]);
+        assert!(d.mid_char());
+        feed(&mut d, &[&[(Some("é"), 8)]]);
+        assert!(!d.mid_char());
+    }
+
+    #[test]
     fn a_dropped_stream_detaches_its_slot_and_the_last_one_stops_the_run() {
         let (a, ra) = member(100, &[]);
         let (b, mut rb) = member(100, &[]);
-        let mut d = Demux::new(vec![a, b], Instant::now(), 4096);
+        let mut d = demux(vec![a, b], 4096);
         drop(ra);
         assert_eq!(
             feed(&mut d, &[&[(Some("x"), 1), (Some("y"), 1)]]),
@@ -426,7 +527,7 @@ mod tests {
     #[test]
     fn errors_end_every_open_request() {
         let (a, mut ra) = member(100, &[]);
-        let mut d = Demux::new(vec![a], Instant::now(), 4096);
+        let mut d = demux(vec![a], 4096);
         feed(&mut d, &[&[(Some("x"), 1)]]);
         let boom = Failure::new(FailKind::RuntimeError, "boom");
         d.fail_all(&boom);
@@ -437,7 +538,7 @@ mod tests {
     #[test]
     fn the_end_of_the_context_is_a_length_finish() {
         let (a, mut ra) = member(100, &[]);
-        let mut d = Demux::new(vec![a], Instant::now(), 13);
+        let mut d = demux(vec![a], 13);
         feed(
             &mut d,
             &[&[(Some("x"), 1)], &[(Some("y"), 1)], &[(None, -1)]],

@@ -5,22 +5,31 @@
 //! an [`instance`] thread runs it (`rkllm_run`) → [`demux`] sends each slot's text, through
 //! [`stop`] sequences, to its [`RequestStream`].
 
+pub mod affinity;
 pub mod config;
+pub mod cost;
 pub mod cpus;
 pub mod demux;
 pub mod error;
 mod instance;
+mod model;
 pub mod policy;
 mod queue;
+mod records;
+pub mod reform;
 pub mod request;
+mod runner;
 pub mod scheduler;
+pub mod sequence;
+pub mod snapshot;
 pub mod stats;
 pub mod stop;
 pub mod telemetry;
+mod worker;
 
-pub use config::ModelConfig;
+pub use config::{CutVia, ModelConfig, Reform};
 pub use error::SubmitError;
-pub use instance::InstanceState;
 pub use request::{BatchKey, Event, Failure, FinishReason, Request, RequestStream, Timings};
-pub use scheduler::{InstanceSnapshot, ModelSnapshot, ModelStatus, Scheduler};
+pub use scheduler::Scheduler;
+pub use snapshot::{InstanceSnapshot, InstanceState, ModelSnapshot, ModelStatus};
 pub use telemetry::FailKind;

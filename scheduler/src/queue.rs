@@ -96,6 +96,70 @@ pub fn sweep(
     }
 }
 
+/// Whether waiting requests of `key` may join a run that goes on: not while the oldest
+/// request, of other sampling, has waited `starvation` (runs of `key` could otherwise go on
+/// for ever).
+pub fn may_join(
+    waiting: &VecDeque<Pending>,
+    key: BatchKey,
+    starvation: Duration,
+    now: Instant,
+) -> bool {
+    waiting.front().is_none_or(|oldest| {
+        oldest.key == key || now.saturating_duration_since(oldest.req.arrival) < starvation
+    })
+}
+
+/// Prompt tokens of the waiting requests that may join a run of `key`, oldest first, at most
+/// `free`, into `out` (the runtime's callback asks, so it does not allocate).
+pub fn joinable_prompts(
+    waiting: &VecDeque<Pending>,
+    key: BatchKey,
+    free: usize,
+    starvation: Duration,
+    now: Instant,
+    out: &mut Vec<usize>,
+) {
+    if free == 0 || !may_join(waiting, key, starvation, now) {
+        return;
+    }
+    out.extend(
+        waiting
+            .iter()
+            .filter(|p| p.key == key && !p.tx.is_closed())
+            .take(free)
+            .map(|p| p.req.prompt_tokens),
+    );
+}
+
+/// Takes, without waiting, up to `free` requests of `key` to join a run that goes on (oldest
+/// first), unless a request of other sampling has waited `starvation`: the run is then left
+/// to drain so that one can go next.
+pub fn take_joining(
+    queue: &Queue,
+    key: BatchKey,
+    free: usize,
+    max_wait: Duration,
+    starvation: Duration,
+) -> Vec<Pending> {
+    let mut waiting = queue.waiting.lock();
+    let now = Instant::now();
+    sweep(&mut waiting, max_wait, now, &queue.tel);
+    let mut out = Vec::new();
+    if !may_join(&waiting, key, starvation, now) {
+        return out;
+    }
+    let mut i = 0;
+    while i < waiting.len() && out.len() < free {
+        if waiting[i].key == key {
+            out.push(waiting.remove(i).expect("index in range"));
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
 /// Blocks until the policy forms a run (returned in slot order) or `stop()` says to give up.
 pub fn take_batch(
     queue: &Queue,

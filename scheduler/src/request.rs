@@ -1,6 +1,5 @@
 //! A request in, a stream of events out.
 
-use crate::telemetry::FailKind;
 use rkllm::Sampling;
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -12,6 +11,9 @@ use tokio::sync::mpsc;
 pub struct Request {
     pub model: String,
     pub prompt: String,
+    /// The prompt's token ids, when the server tokenizes exactly as the runtime does (GGUF):
+    /// a run cut to re-form then resumes from the very tokens, not from re-tokenized text.
+    pub prompt_ids: Option<Vec<i32>>,
     pub prompt_tokens: usize,
     pub sampling: Sampling,
     pub max_tokens: u32,
@@ -84,6 +86,10 @@ pub struct Timings {
     pub ttft: Option<Duration>,
     /// First token to the last.
     pub decode: Duration,
+    /// Runs it was resumed in after a cut to re-form, and the prompt tokens the runtime
+    /// prefilled again for them (from its perf stats).
+    pub resumes: u32,
+    pub resume_prefill_tokens: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -127,5 +133,53 @@ impl RequestStream {
             }
         }
         unreachable!("a stream always ends with an End event")
+    }
+}
+
+/// Why an accepted request did not complete, and why a request was refused (the server
+/// counts refusals under the same metric, so one panel shows every error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FailKind {
+    /// Refused: the queue was full (HTTP 429).
+    Overloaded,
+    /// The client went away before its request finished.
+    Cancelled,
+    /// Waited in the queue longer than allowed, or the run stalled.
+    Timeout,
+    /// The runtime failed the run.
+    RuntimeError,
+    /// Refused: malformed, unknown model, prompt too long (HTTP 4xx); or a prompt the
+    /// runtime cannot take (a NUL byte), refused in its slot while the rest of its run goes on.
+    BadRequest,
+    /// The model could not load or was unloaded while the request waited.
+    Unavailable,
+}
+
+impl std::fmt::Display for FailKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+impl FailKind {
+    pub const ALL: [FailKind; 6] = [
+        FailKind::Overloaded,
+        FailKind::Cancelled,
+        FailKind::Timeout,
+        FailKind::RuntimeError,
+        FailKind::BadRequest,
+        FailKind::Unavailable,
+    ];
+
+    /// The `kind` label of the failure metric; also how the server names it in logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            FailKind::Overloaded => "overloaded",
+            FailKind::Cancelled => "cancelled",
+            FailKind::Timeout => "timeout",
+            FailKind::RuntimeError => "runtime_error",
+            FailKind::BadRequest => "bad_request",
+            FailKind::Unavailable => "unavailable",
+        }
     }
 }

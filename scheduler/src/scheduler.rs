@@ -4,155 +4,23 @@
 use crate::config::ModelConfig;
 use crate::cpus;
 use crate::error::SubmitError;
-use crate::instance::{self, Instance, InstanceState};
+use crate::instance::{Instance, InstanceState};
+use crate::model::{Model, Shared};
 use crate::policy::Policy;
 use crate::queue::{sweep, Pending, Queue};
 use crate::request::{BatchKey, Failure, Request, RequestStream};
+use crate::snapshot::{InstanceSnapshot, ModelSnapshot, ModelStatus};
 use crate::stats::{LatencyStats, ModelSummary};
 use crate::telemetry::{FailKind, ModelTelemetry, Telemetry};
+use crate::worker;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
-use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::unbounded_channel;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ModelStatus {
-    /// No instance is ready yet; requests queue.
-    Loading,
-    Ready,
-    /// Every instance failed to load: requests are refused with this reason.
-    Unavailable(String),
-}
-
-impl ModelStatus {
-    /// The state's name, as the API and the model-state metric show it.
-    pub fn label(&self) -> &'static str {
-        match self {
-            ModelStatus::Loading => "loading",
-            ModelStatus::Ready => "ready",
-            ModelStatus::Unavailable(_) => "unavailable",
-        }
-    }
-
-    /// Why the model cannot serve, when it cannot.
-    pub fn reason(&self) -> Option<&str> {
-        match self {
-            ModelStatus::Unavailable(r) => Some(r),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for ModelStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ModelStatus::Unavailable(r) => write!(f, "unavailable: {r}"),
-            other => f.write_str(other.label()),
-        }
-    }
-}
-
-pub(crate) struct Shared {
-    stopping: AtomicBool,
-    telemetry: Telemetry,
-}
-
-impl Shared {
-    pub fn stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
-    }
-}
-
-pub(crate) struct Model {
-    pub cfg: ModelConfig,
-    /// Set when the model is unloaded: its instances finish their run and exit.
-    pub unloading: AtomicBool,
-    pub policy: Policy,
-    pub cpus: Vec<usize>,
-    pub queue: Queue,
-    pub status: Mutex<ModelStatus>,
-    pub instances: Vec<Arc<Instance>>,
-}
-
-impl Model {
-    pub fn instance_ready(&self) {
-        *self.status.lock() = ModelStatus::Ready;
-    }
-
-    /// An instance could not load. When none is left, the model is unavailable and its
-    /// waiting requests fail with the reason.
-    pub fn instance_failed(&self, inst: &Instance, reason: String) {
-        tracing::error!(
-            model = %self.cfg.name,
-            instance = inst.index,
-            "instance failed: {reason}"
-        );
-        *inst.state.lock() = InstanceState::Failed(reason.clone());
-        let all_failed = self
-            .instances
-            .iter()
-            .all(|i| matches!(*i.state.lock(), InstanceState::Failed(_)));
-        if all_failed {
-            *self.status.lock() = ModelStatus::Unavailable(reason.clone());
-            let mut waiting = self.queue.waiting.lock();
-            for p in waiting.drain(..) {
-                p.fail(
-                    Failure::new(
-                        FailKind::Unavailable,
-                        format!("model '{}' is unavailable: {reason}", self.cfg.name),
-                    ),
-                    &self.queue.tel,
-                );
-            }
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InstanceSnapshot {
-    pub index: usize,
-    pub state: InstanceState,
-    /// KV cells its requests in flight occupy: their prompts and what they generated.
-    pub kv_tokens: usize,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModelSnapshot {
-    pub name: String,
-    pub status: ModelStatus,
-    pub waiting: usize,
-    pub n_batch: u8,
-    pub context_len: usize,
-    pub instances: Vec<InstanceSnapshot>,
-}
-
-impl ModelSnapshot {
-    /// The KV cells in use over all there are (`n_batch` x context per instance), 0 to 1.
-    pub fn kv_usage(&self) -> f64 {
-        let total = self.instances.len() * self.n_batch as usize * self.context_len;
-        if total == 0 {
-            return 0.0;
-        }
-        let used: usize = self.instances.iter().map(|i| i.kv_tokens).sum();
-        (used as f64 / total as f64).min(1.0)
-    }
-
-    /// Slots of all instances currently generating.
-    pub fn busy_slots(&self) -> usize {
-        self.instances
-            .iter()
-            .map(|i| match i.state {
-                InstanceState::Running { slots } => slots,
-                _ => 0,
-            })
-            .sum()
-    }
-}
 
 pub struct Scheduler {
     models: Arc<RwLock<HashMap<String, Arc<Model>>>>,
@@ -232,7 +100,7 @@ impl Scheduler {
 
     fn start_instances(&self, model: &Arc<Model>) {
         for inst in &model.instances {
-            instance::spawn(model.clone(), inst.clone(), self.shared.clone());
+            worker::spawn(model.clone(), inst.clone(), self.shared.clone());
         }
     }
 
@@ -510,5 +378,5 @@ fn recover_stuck(model: &Arc<Model>, inst: &Arc<Instance>, shared: &Arc<Shared>)
     }
     // The old thread's JoinHandle is dropped: it is detached and cleans up by itself.
     inst.thread.lock().take();
-    instance::spawn(model.clone(), inst.clone(), shared.clone());
+    worker::spawn(model.clone(), inst.clone(), shared.clone());
 }

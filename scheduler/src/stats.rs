@@ -2,7 +2,8 @@
 //! histograms since start and over a sliding window (kept as a ring of sub-windows, so the
 //! window slides in steps of a tenth of its length).
 
-use crate::telemetry::{FailKind, Outcome, RequestRecord};
+use crate::records::{Outcome, RequestRecord};
+use crate::request::FailKind;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, VecDeque};

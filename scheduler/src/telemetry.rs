@@ -6,13 +6,13 @@
 //! Metric names follow vLLM's with our prefix (see shared/anchors.md); every name, its help
 //! text and its histogram buckets are defined here so the server and the dashboards agree.
 
-use crate::request::FinishReason;
-use crate::scheduler::ModelSnapshot;
+pub use crate::records::{Outcome, RequestRecord, RunRecord};
+pub use crate::request::FailKind;
+use crate::snapshot::ModelSnapshot;
 use crate::stats::LatencyStats;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use metrics::{counter, gauge, histogram, Unit};
 use std::sync::Arc;
-use std::time::Duration;
 
 pub const TTFT: &str = "rkserve_time_to_first_token_seconds";
 pub const ITL: &str = "rkserve_inter_token_latency_seconds";
@@ -32,6 +32,9 @@ pub const RUN_SLOTS: &str = "rkserve_batch_slots_filled";
 pub const RUN_DURATION: &str = "rkserve_batch_run_duration_seconds";
 pub const DECODE_STEPS: &str = "rkserve_decode_steps_total";
 pub const SLOT_STEPS: &str = "rkserve_slot_steps_total";
+pub const REFORMS: &str = "rkserve_batch_reforms_total";
+pub const RESUMED_PREFILL_TOKENS: &str = "rkserve_resumed_prefill_tokens_total";
+pub const DEAD_SLOT_STEPS: &str = "rkserve_dead_slot_steps_total";
 pub const MEMORY: &str = "rkserve_runtime_memory_bytes";
 pub const RUNNING: &str = "rkserve_num_requests_running";
 pub const WAITING: &str = "rkserve_num_requests_waiting";
@@ -41,104 +44,6 @@ pub const SLOTS: &str = "rkserve_slots";
 pub const SLOTS_BUSY: &str = "rkserve_slots_busy";
 pub const MODEL_STATE: &str = "rkserve_model_state";
 pub const MODEL_LOAD_TIME: &str = "rkserve_model_load_seconds";
-
-/// Why an accepted request did not complete, and why a request was refused (the server
-/// counts refusals under the same metric, so one panel shows every error).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum FailKind {
-    /// Refused: the queue was full (HTTP 429).
-    Overloaded,
-    /// The client went away before its request finished.
-    Cancelled,
-    /// Waited in the queue longer than allowed, or the run stalled.
-    Timeout,
-    /// The runtime failed the run.
-    RuntimeError,
-    /// Refused: malformed, unknown model, prompt too long (HTTP 4xx); or a prompt the
-    /// runtime cannot take (a NUL byte), refused in its slot while the rest of its run goes on.
-    BadRequest,
-    /// The model could not load or was unloaded while the request waited.
-    Unavailable,
-}
-
-impl std::fmt::Display for FailKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.label())
-    }
-}
-
-impl FailKind {
-    pub const ALL: [FailKind; 6] = [
-        FailKind::Overloaded,
-        FailKind::Cancelled,
-        FailKind::Timeout,
-        FailKind::RuntimeError,
-        FailKind::BadRequest,
-        FailKind::Unavailable,
-    ];
-
-    /// The `kind` label of the failure metric; also how the server names it in logs.
-    pub fn label(self) -> &'static str {
-        match self {
-            FailKind::Overloaded => "overloaded",
-            FailKind::Cancelled => "cancelled",
-            FailKind::Timeout => "timeout",
-            FailKind::RuntimeError => "runtime_error",
-            FailKind::BadRequest => "bad_request",
-            FailKind::Unavailable => "unavailable",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Stop,
-    Length,
-    Failed(FailKind),
-}
-
-impl Outcome {
-    pub(crate) fn of(reason: &FinishReason) -> Outcome {
-        match reason {
-            FinishReason::Stop => Outcome::Stop,
-            FinishReason::Length => Outcome::Length,
-            FinishReason::Error(f) => Outcome::Failed(f.kind),
-        }
-    }
-}
-
-/// One request's measurements, sent when it ends.
-#[derive(Debug)]
-pub struct RequestRecord {
-    pub model: Arc<str>,
-    pub outcome: Outcome,
-    pub prompt_tokens: u32,
-    pub completion_tokens: u32,
-    /// Arrival to the start of its run (or to its end, if it never ran).
-    pub queue: Duration,
-    /// Arrival to the first token.
-    pub ttft: Option<Duration>,
-    /// Start of the run to the first token.
-    pub prefill: Option<Duration>,
-    /// First token to the last.
-    pub decode: Duration,
-    pub e2e: Duration,
-    /// Gaps between consecutive tokens, in microseconds.
-    pub itl_us: Vec<u32>,
-}
-
-/// One run's measurements, sent when it ends.
-#[derive(Debug)]
-pub struct RunRecord {
-    pub model: Arc<str>,
-    pub slots: usize,
-    pub busy: Duration,
-    pub steps: u64,
-    /// Sum over steps of the slots still generating.
-    pub slot_steps: u64,
-    /// The runtime's reported memory (VmHWM on the CPU runtime).
-    pub memory_bytes: Option<u64>,
-}
 
 enum Record {
     Request(RequestRecord),
@@ -229,6 +134,9 @@ fn record_all(rx: Receiver<Record>, stats: &LatencyStats) {
                 }
                 counter!(PROMPT_TOKENS, "model" => m.to_string()).increment(0);
                 counter!(GENERATION_TOKENS, "model" => m.to_string()).increment(0);
+                for name in [REFORMS, RESUMED_PREFILL_TOKENS, DEAD_SLOT_STEPS] {
+                    counter!(name, "model" => m.to_string()).increment(0);
+                }
             }
         }
     }
@@ -286,6 +194,11 @@ fn record_run(r: &RunRecord) {
     histogram!(RUN_DURATION, "model" => model.clone()).record(r.busy.as_secs_f64());
     counter!(DECODE_STEPS, "model" => model.clone()).increment(r.steps);
     counter!(SLOT_STEPS, "model" => model.clone()).increment(r.slot_steps);
+    counter!(DEAD_SLOT_STEPS, "model" => model.clone()).increment(r.dead_slot_steps);
+    counter!(RESUMED_PREFILL_TOKENS, "model" => model.clone()).increment(r.resumed_prefill_tokens);
+    if r.cut {
+        counter!(REFORMS, "model" => model.clone()).increment(1);
+    }
     if let Some(b) = r.memory_bytes {
         gauge!(MEMORY, "model" => model).set(b as f64);
     }
@@ -412,6 +325,21 @@ pub fn describe() {
     describe_counter!(RUNS, Unit::Count, "Runtime runs, by slots filled.");
     describe_histogram!(RUN_DURATION, Unit::Seconds, "Duration of runtime runs (the rate of its _sum divided by rkserve_instances is the busy ratio).");
     describe_counter!(DECODE_STEPS, Unit::Count, "Decode steps of all runs.");
+    describe_counter!(
+        REFORMS,
+        Unit::Count,
+        "Runs cut at a step boundary to re-form: the requests still generating went on in a new run with waiting requests in the freed slots."
+    );
+    describe_counter!(
+        RESUMED_PREFILL_TOKENS,
+        Unit::Count,
+        "Prompt tokens the runtime prefilled again to resume requests after a re-form (low when it reuses their cached prefix)."
+    );
+    describe_counter!(
+        DEAD_SLOT_STEPS,
+        Unit::Count,
+        "Slot-steps the runtime decoded for requests that had already ended (their max_tokens, a stop string, a client gone): compute spent for nobody."
+    );
     describe_counter!(SLOT_STEPS, Unit::Count, "Slots generating, summed over decode steps (divide by decode steps times n_batch for occupancy).");
     describe_gauge!(
         MEMORY,

@@ -42,6 +42,7 @@ fn sampling_changes_reinitialise_the_handle_and_every_request_is_served() {
         s.submit(Request {
             model: "m".into(),
             prompt: prompt.into(),
+            prompt_ids: None,
             prompt_tokens: 2,
             sampling,
             max_tokens: 6,

@@ -18,6 +18,7 @@ fn req(model: &str, prompt: &str, max_tokens: u32) -> Request {
     Request {
         model: model.into(),
         prompt: prompt.into(),
+        prompt_ids: None,
         prompt_tokens: prompt.len().div_ceil(4).max(1),
         sampling: Sampling::greedy(),
         max_tokens,

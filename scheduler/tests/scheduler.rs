@@ -6,8 +6,8 @@ mod common;
 use common::{lib, model, start};
 use rkllm::Sampling;
 use scheduler::{
-    Event, FailKind, FinishReason, InstanceState, ModelConfig, ModelStatus, Request, RequestStream,
-    Scheduler, SubmitError,
+    Event, FailKind, FinishReason, InstanceState, ModelConfig, ModelStatus, Reform, Request,
+    RequestStream, Scheduler, SubmitError,
 };
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ fn req(model: &str, prompt: &str, max_tokens: u32) -> Request {
     Request {
         model: model.into(),
         prompt: prompt.into(),
+        prompt_ids: None,
         prompt_tokens: prompt.len().div_ceil(4),
         sampling: Sampling::greedy(),
         max_tokens,
@@ -112,6 +113,8 @@ fn the_batch_window_gathers_late_arrivals_and_is_bounded() {
 fn a_request_that_waited_through_a_run_starts_with_that_runs_returning_clients() {
     let mut m = model("m", SLOW, 4);
     m.batch_window = Duration::from_millis(50);
+    // Static runs: with re-forming the late client would join the running batch at once.
+    m.reform = Reform::Off;
     let s = start(vec![m]);
     let first: Vec<_> = (0..3)
         .map(|i| s.submit(req("m", &format!("client {i}"), 10)).unwrap())

@@ -80,6 +80,7 @@ fn submit(
     served: &Served,
     g: &GenRequest,
     prepared: &Prepared,
+    ids: &[Option<Vec<i32>>],
     counts: &[usize],
 ) -> Result<BoxStream<'static, (usize, Event)>, ApiError> {
     let ctx = served.context_len;
@@ -87,13 +88,14 @@ fn submit(
     stop.extend(g.stop.iter().cloned());
     let arrival = Instant::now();
     let mut reqs = Vec::with_capacity(prepared.prompts.len() * g.n);
-    for (prompt, &prompt_tokens) in prepared.prompts.iter().zip(counts) {
+    for ((prompt, &prompt_tokens), ids) in prepared.prompts.iter().zip(counts).zip(ids) {
         let room = (ctx - prompt_tokens - 1) as u32;
         let max_tokens = g.max_tokens.unwrap_or(room).min(room).max(1);
         for _ in 0..g.n {
             reqs.push(Request {
                 model: served.entry.name.clone(),
                 prompt: prompt.clone(),
+                prompt_ids: ids.clone(),
                 prompt_tokens,
                 sampling: g.sampling,
                 max_tokens,
@@ -125,10 +127,19 @@ pub async fn start(
     let lease = acquire(state, &served).await?;
     let load_duration = lease.load_duration();
     let ctx = served.context_len;
+    let ids: Vec<Option<Vec<i32>>> = prepared
+        .prompts
+        .iter()
+        .map(|p| served.tokenizer.ids(p))
+        .collect();
     let counts: Vec<usize> = prepared
         .prompts
         .iter()
-        .map(|p| served.tokenizer.count(p))
+        .zip(&ids)
+        .map(|(p, ids)| {
+            ids.as_ref()
+                .map_or_else(|| served.tokenizer.count(p), Vec::len)
+        })
         .collect();
     for (i, &tokens) in counts.iter().enumerate() {
         if tokens + 1 > ctx {
@@ -153,7 +164,7 @@ pub async fn start(
         ));
     }
     let arrival = Instant::now();
-    let events = submit(state, &served, g, &prepared, &counts)?;
+    let events = submit(state, &served, g, &prepared, &ids, &counts)?;
     Ok(Generation {
         choices: prepared.prompts.len() * g.n,
         prompt_tokens: counts.iter().sum(),

@@ -1,0 +1,70 @@
+//! Which free slot a new request goes to: the one whose cached context shares the longest
+//! prefix with its prompt, as llama.cpp's server picks slots. A runtime that reuses a slot's
+//! prefix (the CPU runtime; perhaps Rockchip's with a prompt cache) then prefills a system
+//! prompt shared by many requests once per slot, not once per request. Continuing requests
+//! never move: they keep their slot, whose cache holds their whole context.
+
+/// Bytes two texts share at their start.
+pub fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Assigns each prompt, in order (oldest first), the free slot whose `cached` text shares the
+/// longest prefix with it; ties go to the lowest slot. Returns one slot per prompt, or fewer
+/// when the free slots run out.
+pub fn assign(free: &[usize], cached: &[&[u8]], prompts: &[&[u8]]) -> Vec<usize> {
+    let mut free: Vec<usize> = free.to_vec();
+    free.sort_unstable();
+    let mut out = Vec::with_capacity(prompts.len().min(free.len()));
+    for p in prompts {
+        let best = free
+            .iter()
+            .enumerate()
+            .max_by(|(_, &a), (_, &b)| {
+                let (ca, cb) = (
+                    common_prefix(cached.get(a).copied().unwrap_or(&[]), p),
+                    common_prefix(cached.get(b).copied().unwrap_or(&[]), p),
+                );
+                // Longest prefix first; among equals the lower slot (max_by keeps the last
+                // maximum, so a higher index must compare as smaller).
+                ca.cmp(&cb).then(b.cmp(&a))
+            })
+            .map(|(i, _)| i);
+        let Some(i) = best else { break };
+        out.push(free.remove(i));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prompt_goes_where_its_prefix_is_cached() {
+        let cached: Vec<&[u8]> = vec![b"system A: hello", b"", b"system B: hi", b"system A"];
+        let slots = assign(
+            &[0, 1, 2, 3],
+            &cached,
+            &[b"system B: what", b"system A: help"],
+        );
+        assert_eq!(slots, vec![2, 0]);
+    }
+
+    #[test]
+    fn ties_take_the_lowest_free_slot_and_slots_run_out() {
+        let cached: Vec<&[u8]> = vec![b"", b"", b"", b""];
+        assert_eq!(assign(&[3, 1, 2], &cached, &[b"x", b"y"]), vec![1, 2]);
+        assert_eq!(assign(&[2], &cached, &[b"x", b"y"]), vec![2]);
+        assert!(assign(&[], &cached, &[b"x"]).is_empty());
+    }
+
+    #[test]
+    fn a_taken_slot_is_not_given_twice() {
+        let cached: Vec<&[u8]> = vec![b"same prefix", b"other"];
+        assert_eq!(
+            assign(&[0, 1], &cached, &[b"same prefix 1", b"same prefix 2"]),
+            vec![0, 1]
+        );
+    }
+}
