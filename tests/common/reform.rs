@@ -46,7 +46,7 @@ pub async fn counter(server: &Server, name: &str) -> f64 {
 pub async fn cut_replies_equal_uninterrupted_ones(runtime: &str) {
     let config = crate::common::config(
         &[DEFAULT_MODEL],
-        &format!("[scheduler]\nn_batch = 4\nreform = \"auto\"\n\n[runtime]\n{runtime}\n"),
+        &format!("[scheduler]\nn_batch = 4\nreform = \"auto\"\nreform_via = \"abort\"\n\n[runtime]\n{runtime}\n"),
     );
     let server = Server::start(&crate::common::workspace_models(), &config, &[]).await;
     let mut alone = Vec::new();
