@@ -51,6 +51,8 @@ pub enum Cut {
 #[derive(Debug, Default, Clone)]
 pub struct Segment {
     pub ids: Vec<Vec<i32>>,
+    /// The text each slot reported, all steps together.
+    pub text: Vec<Vec<u8>>,
     /// The slot reported -1 in a decode step, or the run finished.
     pub finished: Vec<bool>,
     /// `prefill_tokens` of each slot's perf stats.
@@ -63,6 +65,7 @@ pub fn run_cut(h: &mut Handle, inputs: &[Input], cut: Option<(Cut, usize)>) -> S
     let n = inputs.len();
     let mut seg = Segment {
         ids: vec![Vec::new(); n],
+        text: vec![Vec::new(); n],
         finished: vec![false; n],
         prefill: vec![0; n],
         outcome: None,
@@ -88,6 +91,9 @@ pub fn run_cut(h: &mut Handle, inputs: &[Input], cut: Option<(Cut, usize)>) -> S
             for (i, r) in step.slots().enumerate() {
                 if steps == 1 {
                     seg.prefill[i] = r.perf.prefill_tokens;
+                }
+                if let Some(t) = r.text {
+                    seg.text[i].extend_from_slice(t);
                 }
                 if r.token_id >= 0 {
                     seg.ids[i].push(r.token_id);
@@ -199,15 +205,19 @@ pub fn check_resume(family: AbiFamily, how: Cut, repeat_penalty: f32, cut_lists:
                 break;
             }
         }
-        for slot in 0..2 {
-            let want = &reference.ids[slot];
+        for (slot, (got, want)) in got.iter().zip(&reference.ids).enumerate() {
             assert!(
-                got[slot].len() >= want.len(),
+                got.len() >= want.len(),
                 "{how:?} cuts {cuts:?}, slot {slot}: {} of {} tokens",
-                got[slot].len(),
+                got.len(),
                 want.len()
             );
-            assert_eq!(&got[slot][..want.len()], &want[..], "{how:?} cuts {cuts:?} (repeat_penalty {repeat_penalty}), slot {slot}: the resumed reply differs");
+            assert_eq!(
+                &got[..want.len()],
+                &want[..],
+                "{how:?} cuts {cuts:?} (repeat_penalty {repeat_penalty}), slot {slot}: \
+                 the resumed reply differs"
+            );
         }
     }
     h.destroy().unwrap();
