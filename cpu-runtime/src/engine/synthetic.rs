@@ -2,8 +2,9 @@
 //! injection, configured by a TOML profile (`models/synthetic/*.toml`).
 //!
 //! Timing model: prefill takes `prefilled tokens / prefill_tokens_per_second` for all busy
-//! slots together (every prompt token, or with `prefix_reuse` those the slot does not hold); a decode step with `b` active slots takes `decode_step_ms * (1 + batch_alpha *
-//! (b - 1))`. Idle and finished slots cost nothing.
+//! slots together (every prompt token, or with `prefix_reuse` those the slot does not hold);
+//! a decode step with `b` active slots takes `decode_step_ms * (1 + batch_alpha * (b - 1))`.
+//! Idle and finished slots cost nothing.
 //!
 //! Scripted replies (`[output] script`, `[[output.replies]]`) replace the filler with a given
 //! text, streamed in pieces of awkward sizes, so a server's tool-call and reasoning parsers can
