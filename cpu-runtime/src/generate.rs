@@ -156,6 +156,9 @@ pub fn generate(
         }
     };
 
+    if end != RunEnd::Finished {
+        backend.stopping(end);
+    }
     // A paused run keeps its KV cache whatever keep_history says.
     let keep = req.keep_history || end == RunEnd::Paused;
     batch.clear();

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::lengths::LengthSpec;
 use crate::prompts::Category;
 
 #[derive(Debug, Clone, Parser)]
@@ -40,6 +41,12 @@ pub struct Cli {
     /// model may stop earlier at end of sequence: output lengths are measured, not assumed.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_tokens: u32,
+
+    /// Mixed-length traffic: each request's max_tokens drawn from `lognormal:MEDIAN:SIGMA:MAX`
+    /// (rounded, clamped to 1..=MAX), `uniform:MIN:MAX` or `fixed:N`, seeded by --seed.
+    /// Replaces --max-tokens.
+    #[arg(long, value_name = "SPEC", conflicts_with = "max_tokens")]
+    pub max_tokens_dist: Option<LengthSpec>,
 
     /// Sampling temperature; 0 (greedy) keeps runs comparable.
     #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
@@ -102,7 +109,7 @@ pub struct Cli {
     #[arg(long, conflicts_with = "category", value_parser = clap::value_parser!(u64).range(1..))]
     pub prompt_tokens: Option<u64>,
 
-    /// Seed for everything random (generated prompts, arrival times).
+    /// Seed for everything random (generated prompts, arrival times, --max-tokens-dist).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 
@@ -261,5 +268,17 @@ mod tests {
         assert!(cli.validate().is_err(), "burstiness needs gamma");
         let cli = parse(&["--rate", "1", "--arrival", "gamma", "--burstiness", "0.5"]).unwrap();
         cli.validate().unwrap();
+    }
+
+    #[test]
+    fn max_tokens_dist_is_parsed_and_replaces_max_tokens() {
+        let cli = parse(&["--max-tokens-dist", "lognormal:64:1.2:512"]).unwrap();
+        assert_eq!(
+            cli.max_tokens_dist.unwrap().to_string(),
+            "lognormal:64:1.2:512"
+        );
+        assert_eq!(parse(&[]).unwrap().max_tokens_dist, None);
+        assert!(parse(&["--max-tokens-dist", "lognormal:64"]).is_err());
+        assert!(parse(&["--max-tokens-dist", "fixed:8", "--max-tokens", "8"]).is_err());
     }
 }

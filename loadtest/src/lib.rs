@@ -6,6 +6,7 @@
 pub mod arrivals;
 pub mod cli;
 pub mod client;
+pub mod lengths;
 pub mod plot;
 pub mod progress;
 pub mod prompts;
@@ -21,6 +22,7 @@ use anyhow::{anyhow, bail};
 
 use cli::{Arrival, Cli};
 use client::{Client, Settings};
+use lengths::MaxTokens;
 use prompts::PromptSet;
 use record::Outcome;
 use report::{Report, Table};
@@ -74,8 +76,17 @@ pub async fn execute(cli: Cli) -> anyhow::Result<Report> {
     };
     let settings = client.settings().clone();
     let prompt_desc = prompt_description(&cli);
+    let max_tokens = MaxTokens {
+        fixed: settings.max_tokens,
+        dist: cli.max_tokens_dist,
+        seed: cli.seed,
+    };
+    let length_desc = match &cli.max_tokens_dist {
+        Some(spec) => format!("max_tokens {spec} (seed {})", cli.seed),
+        None => format!("max {} tokens", settings.max_tokens),
+    };
     println!(
-        "{} {} API ({}) at {}, model {}, max {} tokens, temperature {}, prompts: {}",
+        "{} {} API ({}) at {}, model {}, {}, temperature {}, prompts: {}",
         if open_loop {
             "open loop,"
         } else {
@@ -85,7 +96,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<Report> {
         settings.endpoint.name(),
         settings.url,
         settings.model,
-        settings.max_tokens,
+        length_desc,
         settings.temperature,
         prompt_desc,
     );
@@ -101,6 +112,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<Report> {
             1.0
         },
         seed: cli.seed,
+        max_tokens,
     };
     let table = Table::new(open_loop, !slo.is_empty());
     println!("{}", table.header());
@@ -120,6 +132,15 @@ pub async fn execute(cli: Cli) -> anyhow::Result<Report> {
         }
     }
     print!("{}", report::errors(&levels));
+    // Every level's measured requests are numbered from 0, so they asked for the first draws.
+    let sent = levels
+        .iter()
+        .map(|l| l.completed + l.failed)
+        .max()
+        .unwrap_or(0);
+    let max_tokens_dist = cli
+        .max_tokens_dist
+        .and_then(|spec| lengths::summarize(&spec, cli.seed, sent));
 
     let report = Report {
         server: settings.url.clone(),
@@ -128,6 +149,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<Report> {
         model: settings.model.clone(),
         mode: if open_loop { "open" } else { "closed" }.to_owned(),
         max_tokens: settings.max_tokens,
+        max_tokens_dist,
         temperature: settings.temperature,
         prompts: prompt_desc,
         warmup: cli.warmup,

@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Serialize;
 
+use crate::lengths::LengthSummary;
 use crate::summary::{LevelSummary, Load, Stats};
 
 /// The whole run, as written by `--json`.
@@ -18,6 +19,9 @@ pub struct Report {
     /// `closed` (concurrency levels) or `open` (arrival-rate levels).
     pub mode: String,
     pub max_tokens: u32,
+    /// With `--max-tokens-dist`: the spec and what was drawn (`max_tokens` is then unused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens_dist: Option<LengthSummary>,
     pub temperature: f64,
     pub prompts: String,
     pub warmup: u64,

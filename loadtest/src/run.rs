@@ -10,6 +10,7 @@ use tokio::time::{Duration, Instant};
 use crate::arrivals::Arrivals;
 use crate::cli::Stop;
 use crate::client::Client;
+use crate::lengths::MaxTokens;
 use crate::progress;
 use crate::prompts::PromptSet;
 use crate::record::{Outcome, Record};
@@ -67,6 +68,7 @@ pub struct Driver {
     /// Gamma shape of open-loop inter-arrival times (1 = Poisson).
     pub shape: f64,
     pub seed: u64,
+    pub max_tokens: MaxTokens,
 }
 
 impl Driver {
@@ -123,6 +125,7 @@ impl Driver {
                 bar.clone(),
                 health.clone(),
             );
+            let max_tokens = self.max_tokens;
             tasks.spawn(async move {
                 let mut records = Vec::new();
                 loop {
@@ -135,7 +138,8 @@ impl Driver {
                     if matches!(stop, Stop::Requests(n) if i >= n) || health.gone().is_some() {
                         break;
                     }
-                    let record = client.send(&prompts.get(i).text).await;
+                    let limit = max_tokens.of(i);
+                    let record = client.send_limited(&prompts.get(i).text, limit).await;
                     health.note(&record);
                     records.push(record);
                     bar.inc(1);
@@ -179,8 +183,9 @@ impl Driver {
                 bar.clone(),
                 health.clone(),
             );
+            let limit = self.max_tokens.of(i);
             tasks.spawn(async move {
-                let record = client.send(&prompts.get(i).text).await;
+                let record = client.send_limited(&prompts.get(i).text, limit).await;
                 health.note(&record);
                 bar.inc(1);
                 record

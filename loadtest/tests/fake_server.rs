@@ -472,3 +472,57 @@ async fn a_server_going_away_ends_the_sweep_with_the_results_so_far() {
     let failed = levels[0]["failed"].as_u64().unwrap();
     assert!((20..60).contains(&failed), "{failed}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_tokens_dist_sets_each_requests_limit_and_is_reported() {
+    use rkserve_loadtest::lengths::LengthSpec;
+    let server = fake(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("out.json");
+    let run = |extra: &'static [&'static str]| {
+        let mut args = vec![
+            "--url",
+            &server.url,
+            "--concurrency",
+            "1,3",
+            "--requests",
+            "12",
+            "--warmup",
+            "1",
+            "--json",
+            json_path.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        rkserve_loadtest::execute(cli(&args))
+    };
+    // The fake streams min(max_tokens, 5) tokens: below 5 the output is the drawn limit.
+    let report = run(&["--max-tokens-dist", "uniform:1:4", "--seed", "5"])
+        .await
+        .unwrap();
+    let spec: LengthSpec = "uniform:1:4".parse().unwrap();
+    let drawn: Vec<u64> = (0..12).map(|i| u64::from(spec.draw(5, i))).collect();
+    assert!(
+        drawn.iter().any(|&n| n != drawn[0]),
+        "lengths vary: {drawn:?}"
+    );
+    for level in &report.levels {
+        assert_eq!(level.output_tokens, drawn.iter().sum::<u64>());
+    }
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let dist = &v["max_tokens_dist"];
+    assert_eq!(dist["spec"], "uniform:1:4");
+    assert_eq!(
+        (dist["seed"].as_u64(), dist["count"].as_u64()),
+        (Some(5), Some(12))
+    );
+    let mean = drawn.iter().sum::<u64>() as f64 / 12.0;
+    assert!((dist["mean"].as_f64().unwrap() - mean).abs() < 1e-9);
+    assert_eq!(dist["max"].as_u64(), drawn.iter().max().copied());
+    assert!(dist["p50"].is_u64() && dist["p90"].is_u64());
+
+    // Without the flag every request asks for --max-tokens and the report has no such field.
+    let report = run(&[]).await.unwrap();
+    assert_eq!(report.levels[0].output_tokens, 12 * TOKENS);
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert!(v.get("max_tokens_dist").is_none());
+}

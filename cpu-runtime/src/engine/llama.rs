@@ -5,10 +5,12 @@
 //! Prefix reuse: a run without `keep_history` leaves its tokens in the slot's KV cells, and the
 //! slot's next prompt skips prefilling the part it shares with them (the chat template's
 //! system message, an earlier turn of the same conversation), as llama.cpp's server does with
-//! `cache_prompt`. Outputs are unchanged (the same tokens at the same positions have the same
-//! keys and values); only prefill time and the perf stats' `prefill_tokens` drop. Rockchip's
-//! runtime does not do this, so `RKLLM_CPU_PREFIX_REUSE=0` turns it off to time prefill as an
-//! NPU would.
+//! `cache_prompt`. A paused run keeps its tokens as history; a following run without
+//! `keep_history` starts from them the same way, so a reply cut at a step boundary and resumed
+//! with prompt + reply as input prefills one token. Outputs are unchanged (the same tokens at
+//! the same positions have the same keys and values); only prefill time and the perf stats'
+//! `prefill_tokens` drop. Rockchip's runtime does not do this, so `RKLLM_CPU_PREFIX_REUSE=0`
+//! turns it off to time prefill as an NPU would.
 
 use crate::engine::{Backend, EngineError, Sampled};
 use crate::request::{RunRequest, SlotInput};
@@ -139,6 +141,9 @@ fn common_prefix(cached: &[LlamaToken], prompt: &[LlamaToken]) -> usize {
         .min(prompt.len().saturating_sub(1))
 }
 
+/// How many of the latest context tokens the repetition penalties look at.
+const PENALTY_LAST_N: usize = 64;
+
 fn seed() -> u32 {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let base = std::env::var("RKLLM_CPU_SEED")
@@ -155,7 +160,7 @@ fn seed() -> u32 {
 fn sampler_for(s: &Sampling, n_vocab: i32) -> LlamaSampler {
     let penalties = LlamaSampler::penalties(
         n_vocab,
-        64,
+        PENALTY_LAST_N as i32,
         if s.repeat_penalty > 0.0 {
             s.repeat_penalty
         } else {
@@ -288,6 +293,17 @@ impl<'m> LlamaEngine<'m> {
         })
     }
 
+    /// What slot `i`'s KV cells hold outside a continuing turn: the history a paused or
+    /// `keep_history` run kept, else the tokens an ended run left there.
+    fn cells_of(&self, i: usize) -> &[LlamaToken] {
+        let s = &self.slots[i];
+        if s.tokens.is_empty() {
+            &s.reusable
+        } else {
+            &s.tokens
+        }
+    }
+
     /// Starts slot `i` from what its last run left in its KV cells, keeping the first `common`
     /// tokens, which `prompt` shares with them. Returns how many prompt tokens that saves.
     fn reuse_own_prefix(&mut self, i: usize, prompt: &[LlamaToken], common: usize) -> usize {
@@ -408,7 +424,7 @@ impl Backend for LlamaEngine<'_> {
                 0
             } else {
                 let own = if self.reuse_prefix {
-                    common_prefix(&self.slots[i].reusable, &tokens)
+                    common_prefix(self.cells_of(i), &tokens)
                 } else {
                     0
                 };
@@ -428,7 +444,14 @@ impl Backend for LlamaEngine<'_> {
             if !continuing {
                 slot.system_len = system_len;
             }
-            slot.sampler = Some(sampler_for(&req.sampling, n_vocab));
+            let mut sampler = sampler_for(&req.sampling, n_vocab);
+            // The penalties see the whole context, prompt included (as llama.cpp's server
+            // primes them), so a reply cut and resumed with its text as prompt is sampled
+            // exactly as an uninterrupted one.
+            let context = slot.tokens.iter().chain(&slot.pending);
+            let skip = (slot.tokens.len() + slot.pending.len()).saturating_sub(PENALTY_LAST_N);
+            sampler.accept_many(context.skip(skip));
+            slot.sampler = Some(sampler);
             plan.push(Some(slot.pending.len()));
         }
         Ok(plan)

@@ -4,6 +4,7 @@
 pub mod llama;
 pub mod synthetic;
 
+use crate::generate::RunEnd;
 use crate::report::FinishResults;
 use crate::request::RunRequest;
 use std::path::Path;
@@ -59,6 +60,10 @@ pub trait Backend {
 
     /// One forward pass over the given `(slot, token)` pairs.
     fn decode(&mut self, tokens: &[(usize, i32)]) -> Result<(), EngineError>;
+
+    /// Called once when a run was stopped early (`Aborted` or `Paused`), before
+    /// [`Backend::end_run`]: the synthetic engine spends the time a board takes to stop there.
+    fn stopping(&mut self, _how: RunEnd) {}
 
     /// Ends the run: with `keep_history` the last sampled tokens join the KV cache, otherwise
     /// the busy slots are cleared.

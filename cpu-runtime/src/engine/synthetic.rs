@@ -1,15 +1,24 @@
 //! The synthetic engine: no model, deterministic text, a timing model of the NPU and fault
 //! injection, configured by a TOML profile (`models/synthetic/*.toml`).
 //!
-//! Timing model: prefill takes `prompt tokens / prefill_tokens_per_second` for all busy slots
-//! together; a decode step with `b` active slots takes `decode_step_ms * (1 + batch_alpha *
-//! (b - 1))`. Idle and finished slots cost nothing.
+//! Timing model: prefill takes `prefilled tokens / prefill_tokens_per_second` for all busy
+//! slots together (every prompt token, or with `prefix_reuse` those the slot does not hold);
+//! a decode step with `b` active slots takes `decode_step_ms * (1 + batch_alpha * (b - 1))`.
+//! Idle and finished slots cost nothing.
 //!
 //! Scripted replies (`[output] script`, `[[output.replies]]`) replace the filler with a given
 //! text, streamed in pieces of awkward sizes, so a server's tool-call and reasoning parsers can
 //! be tested deterministically; a small real model cannot be relied on to call a tool.
+//!
+//! Continuation: an input that repeats a slot's last run (its prompt followed by its reply so
+//! far, see [`context`]) goes on with that reply where it stopped, so a reply cut at step
+//! boundaries and resumed any number of times reads as an uninterrupted one. With
+//! `[timing] prefix_reuse`, a prompt prefills only what the slot does not already hold.
+
+mod context;
 
 use crate::engine::{Backend, EngineError, Sampled};
+use crate::generate::RunEnd;
 use crate::report::FinishResults;
 use crate::request::{RunRequest, SlotInput};
 use serde::Deserialize;
@@ -59,6 +68,15 @@ pub struct Timing {
     pub batch_alpha: f64,
     /// Time `rkllm_init` takes.
     pub load_ms: u64,
+    /// A prompt prefills only the tokens it does not share with what its slot last held (the
+    /// last run's input and reply), as the CPU runtime's llama.cpp engine does. Off: every
+    /// prompt is a cold, full prefill, what Rockchip's runtime is assumed to do with
+    /// `keep_history = 0`.
+    pub prefix_reuse: bool,
+    /// How long a run takes to stop once it sees `rkllm_abort` (milliseconds), before FINISH.
+    pub abort_ms: u64,
+    /// How long a run takes to return after a callback returned 1 (pause), in milliseconds.
+    pub pause_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -132,6 +150,8 @@ pub struct Faults {
     pub abort_at_destroy: bool,
     /// `rkllm_destroy` never returns.
     pub hang_at_destroy: bool,
+    /// The process aborts when a callback returns 1 (pause), as in one field report.
+    pub crash_on_pause: bool,
 }
 
 impl Profile {
@@ -237,6 +257,9 @@ const SCRIPT_TOKEN_BASE: i32 = 1000;
 #[derive(Default, Clone)]
 struct SlotState {
     history: usize,
+    /// Prompt tokens of this run: they join the history at prefill.
+    prompt: usize,
+    /// Of those, the tokens prefill computes (the rest the slot already holds).
     pending: usize,
     prompt_hash: u64,
     generated: u32,
@@ -248,12 +271,16 @@ struct SlotState {
     script_pos: usize,
     /// Pieces of the script already streamed (selects the next `split` size).
     script_pieces: usize,
+    /// Bytes a cut run held back mid-character, to be sent before the next piece.
+    reemit: Vec<u8>,
 }
 
 pub struct SyntheticEngine {
     profile: Profile,
     context: usize,
     slots: Vec<SlotState>,
+    /// What each slot last held, for continuation and prefix reuse.
+    held: Vec<Option<context::Record>>,
     /// Tokens generated in this run, all slots together (for fault injection).
     run_tokens: u32,
     split: bool,
@@ -303,6 +330,7 @@ impl SyntheticEngine {
             profile,
             context,
             slots: vec![SlotState::default(); n_batch],
+            held: vec![None; n_batch],
             run_tokens: 0,
             split,
             scripts,
@@ -339,6 +367,81 @@ impl SyntheticEngine {
         }
     }
 
+    /// The slot whose last run `input` continues: slot `i` itself first, else any other (a
+    /// scheduler is expected to keep a continuing request in its slot, but need not).
+    fn continued_from(&self, i: usize, input: &SlotInput) -> Option<usize> {
+        let continues = |j: &usize| {
+            self.held[*j]
+                .as_ref()
+                .is_some_and(|r| r.continued_by(input))
+        };
+        std::iter::once(i)
+            .chain(0..self.slots.len())
+            .find(continues)
+    }
+
+    /// The next piece of `slot`'s reply (filler or script) and its token.
+    fn next_piece(&mut self, slot: usize, piece: &mut Vec<u8>) -> Sampled {
+        let eos_after = self.profile.output.eos_after;
+        let s = &mut self.slots[slot];
+        let index = s.generated;
+        s.generated += 1;
+        if eos_after > 0 && index >= eos_after {
+            return Sampled {
+                token: 2,
+                eog: true,
+            };
+        }
+        if let Some(k) = s.script {
+            let text = &self.scripts[k];
+            if s.script_pos >= text.len() {
+                return Sampled {
+                    token: 2,
+                    eog: true,
+                };
+            }
+            let out = &self.profile.output;
+            let size = if out.split.is_empty() {
+                out.bytes_per_token.max(1)
+            } else {
+                out.split[s.script_pieces % out.split.len()]
+            };
+            let mut end = (s.script_pos + size).min(text.len());
+            while !text.is_char_boundary(end) {
+                end += 1;
+            }
+            piece.extend_from_slice(&text.as_bytes()[s.script_pos..end]);
+            s.script_pos = end;
+            s.script_pieces += 1;
+            return Sampled {
+                token: SCRIPT_TOKEN_BASE + (s.script_pieces % 100_000) as i32,
+                eog: false,
+            };
+        }
+        if let Some(b) = s.split_tail.take() {
+            piece.push(b);
+            return Sampled {
+                token: 99,
+                eog: false,
+            };
+        }
+        if self.split && index % 7 == 6 {
+            let e = "é".as_bytes();
+            piece.push(e[0]);
+            s.split_tail = Some(e[1]);
+            return Sampled {
+                token: 98,
+                eog: false,
+            };
+        }
+        let (token, word) = synthetic_token(s.prompt_hash, index);
+        if index > 0 {
+            piece.push(b' ');
+        }
+        piece.extend_from_slice(word.as_bytes());
+        Sampled { token, eog: false }
+    }
+
     /// Sleeps, waking early when aborted.
     fn pause(ms: f64, abort: Option<&AtomicBool>) {
         if ms <= 0.0 {
@@ -362,7 +465,6 @@ impl Backend for SyntheticEngine {
 
     fn prepare(&mut self, req: &RunRequest) -> Result<Vec<Option<usize>>, EngineError> {
         let mut plan = Vec::with_capacity(self.slots.len());
-        let scripts: Vec<Option<usize>> = req.slots.iter().map(|i| self.script_for(i)).collect();
         for (i, input) in req.slots.iter().enumerate() {
             let history = if req.keep_history {
                 self.slots[i].history
@@ -379,24 +481,61 @@ impl Backend for SyntheticEngine {
                     });
                 }
             }
-            plan.push(p);
+            plan.push(p.map(|(n, hash)| (n, hash, history)));
+        }
+        // Every slot's new state is worked out from the old ones before any is replaced: a
+        // continuation may come from another slot's record.
+        let mut states = Vec::with_capacity(plan.len());
+        for (i, (input, p)) in req.slots.iter().zip(&plan).enumerate() {
+            let Some((n, hash, history)) = *p else {
+                states.push(None);
+                continue;
+            };
+            let next_turn = history > 0;
+            let from = if next_turn {
+                None
+            } else {
+                self.continued_from(i, input)
+            };
+            let mut state = match from {
+                Some(j) => SlotState {
+                    reemit: self.held[j]
+                        .as_ref()
+                        .map_or(Vec::new(), |r| r.held().to_vec()),
+                    ..self.slots[j].clone()
+                },
+                None => SlotState {
+                    prompt_hash: hash,
+                    script: self.script_for(input),
+                    ..SlotState::default()
+                },
+            };
+            let shared = match &self.held[i] {
+                Some(r) if self.profile.timing.prefix_reuse && !next_turn => r
+                    .shared_tokens(input, self.profile.output.bytes_per_token)
+                    .min(n - 1),
+                _ => 0,
+            };
+            state.history = history;
+            state.prompt = n;
+            state.pending = n - shared;
+            // A kept conversation is not one sequence the next input could repeat.
+            let record = (!next_turn).then(|| context::Record::new(input)).flatten();
+            states.push(Some((state, record)));
         }
         self.run_tokens = 0;
-        for ((s, p), script) in self.slots.iter_mut().zip(&plan).zip(scripts) {
-            if let Some((n, hash)) = p {
-                if !req.keep_history {
-                    s.history = 0;
-                }
-                *s = SlotState {
-                    history: s.history,
-                    pending: *n,
-                    prompt_hash: *hash,
-                    script,
-                    ..SlotState::default()
-                };
+        for (i, new) in states.into_iter().enumerate() {
+            if let Some((state, record)) = new {
+                self.slots[i] = state;
+                self.held[i] = record;
             }
         }
-        Ok(plan.into_iter().map(|p| p.map(|(n, _)| n)).collect())
+        Ok(self
+            .slots
+            .iter()
+            .zip(&plan)
+            .map(|(s, p)| p.map(|_| s.pending))
+            .collect())
     }
 
     fn prefill(&mut self, abort: &AtomicBool) -> Result<(), EngineError> {
@@ -406,7 +545,8 @@ impl Backend for SyntheticEngine {
             Self::pause(tokens as f64 * 1000.0 / tps, Some(abort));
         }
         for s in &mut self.slots {
-            s.history += s.pending;
+            s.history += s.prompt;
+            s.prompt = 0;
             s.pending = 0;
         }
         Ok(())
@@ -443,64 +583,15 @@ impl Backend for SyntheticEngine {
             // A stalled runtime ignores abort, like the field reports of a stuck NPU.
             Self::pause(ms.min(3.6e6), None);
         }
-        let eos_after = self.profile.output.eos_after;
-        let s = &mut self.slots[slot];
-        let index = s.generated;
-        s.generated += 1;
-        if eos_after > 0 && index >= eos_after {
-            return Ok(Sampled {
-                token: 2,
-                eog: true,
-            });
-        }
-        if let Some(k) = s.script {
-            let text = &self.scripts[k];
-            if s.script_pos >= text.len() {
-                return Ok(Sampled {
-                    token: 2,
-                    eog: true,
-                });
+        let reemit = std::mem::take(&mut self.slots[slot].reemit);
+        piece.extend_from_slice(&reemit);
+        let sampled = self.next_piece(slot, piece);
+        if !sampled.eog {
+            if let Some(r) = &mut self.held[slot] {
+                r.push(piece, sampled.token);
             }
-            let out = &self.profile.output;
-            let size = if out.split.is_empty() {
-                out.bytes_per_token.max(1)
-            } else {
-                out.split[s.script_pieces % out.split.len()]
-            };
-            let mut end = (s.script_pos + size).min(text.len());
-            while !text.is_char_boundary(end) {
-                end += 1;
-            }
-            piece.extend_from_slice(&text.as_bytes()[s.script_pos..end]);
-            s.script_pos = end;
-            s.script_pieces += 1;
-            return Ok(Sampled {
-                token: SCRIPT_TOKEN_BASE + (s.script_pieces % 100_000) as i32,
-                eog: false,
-            });
         }
-        if let Some(b) = s.split_tail.take() {
-            piece.push(b);
-            return Ok(Sampled {
-                token: 99,
-                eog: false,
-            });
-        }
-        if self.split && index % 7 == 6 {
-            let e = "é".as_bytes();
-            piece.push(e[0]);
-            s.split_tail = Some(e[1]);
-            return Ok(Sampled {
-                token: 98,
-                eog: false,
-            });
-        }
-        let (token, word) = synthetic_token(s.prompt_hash, index);
-        if index > 0 {
-            piece.push(b' ');
-        }
-        piece.extend_from_slice(word.as_bytes());
-        Ok(Sampled { token, eog: false })
+        Ok(sampled)
     }
 
     fn has_room(&self, slot: usize) -> bool {
@@ -520,6 +611,20 @@ impl Backend for SyntheticEngine {
             self.slots[*slot].history += 1;
         }
         Ok(())
+    }
+
+    fn stopping(&mut self, how: RunEnd) {
+        let t = &self.profile.timing;
+        match how {
+            RunEnd::Paused => {
+                if self.profile.faults.crash_on_pause {
+                    crash_abort("abort when a callback returned 1 (faults.crash_on_pause)");
+                }
+                Self::pause(t.pause_ms as f64, None);
+            }
+            RunEnd::Aborted => Self::pause(t.abort_ms as f64, None),
+            RunEnd::Finished => {}
+        }
     }
 
     fn end_run(&mut self, keep_history: bool, last: &[(usize, i32)]) -> Result<(), EngineError> {
@@ -543,6 +648,8 @@ impl Backend for SyntheticEngine {
         _keep_system_prompt: bool,
         ranges: Option<&[(i32, i32)]>,
     ) -> Result<(), EngineError> {
+        // Cleared cells no longer hold what the records say.
+        self.held.iter_mut().for_each(|r| *r = None);
         match ranges {
             None => self.slots.iter_mut().for_each(|s| s.history = 0),
             Some(r) => {

@@ -1,0 +1,8 @@
+//! Cut and resumed replies on the default model, ABI family v1.2.
+
+mod common;
+mod resume;
+use common::*;
+use resume::*;
+
+resume_suite!(rkllm::AbiFamily::V1_2);
