@@ -9,5 +9,5 @@ mod reform;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn greedy_replies_cut_and_resumed_read_as_uninterrupted_ones_on_abi_1_2() {
     std::env::set_var("RKLLM_CPU_ABI", "1.2");
-    reform::cut_replies_equal_uninterrupted_ones("abi = \"1.2\"").await;
+    reform::cut_replies_equal_uninterrupted_ones("abi = \"1.2\"", "abort").await;
 }

@@ -42,16 +42,18 @@ pub async fn counter(server: &Server, name: &str) -> f64 {
         .sum()
 }
 
-/// `runtime`: extra TOML for the server's `[runtime]` section.
-pub async fn cut_replies_equal_uninterrupted_ones(runtime: &str) {
+/// `runtime`: extra TOML for the server's `[runtime]` section; `via`: how runs are cut.
+pub async fn cut_replies_equal_uninterrupted_ones(runtime: &str, via: &str) {
     let config = crate::common::config(
         &[DEFAULT_MODEL],
-        &format!("[scheduler]\nn_batch = 4\nreform = \"auto\"\nreform_via = \"abort\"\n\n[runtime]\n{runtime}\n"),
+        &format!(
+            "[scheduler]\nn_batch = 4\nreform = \"auto\"\nreform_via = \"{via}\"\n\n[runtime]\n{runtime}\n"
+        ),
     );
     let server = Server::start(&crate::common::workspace_models(), &config, &[]).await;
     let mut alone = Vec::new();
     for p in PROMPTS {
-        alone.push(complete(&server, p, 80).await);
+        alone.push(complete(&server, p, 160).await);
     }
     let reforms_before = counter(&server, "rkserve_batch_reforms_total").await;
     let resumed_before = counter(&server, "rkserve_resumed_prefill_tokens_total").await;
@@ -62,12 +64,12 @@ pub async fn cut_replies_equal_uninterrupted_ones(runtime: &str) {
         .iter()
         .map(|p| {
             let s = &server;
-            async move { complete(s, p, 80).await }
+            async move { complete(s, p, 160).await }
         })
         .collect();
     let shorts = async {
-        for i in 0..6 {
-            tokio::time::sleep(Duration::from_millis(150)).await;
+        for i in 0..8 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
             let r = complete(&server, &format!("Say the number {i}."), 3).await;
             assert_eq!(r["usage"]["completion_tokens"], 3, "{r}");
         }
