@@ -60,6 +60,10 @@ pub fn generate(
             ..Slot::default()
         })
         .collect();
+    for (i, s) in slots.iter_mut().enumerate().filter(|(_, s)| s.busy) {
+        // Incomplete by definition, so they stay in the carry: nothing comes out.
+        s.utf8.push(backend.held_bytes(i), &mut s.text);
+    }
 
     let started = Instant::now();
     if let Err(e) = backend.prefill(abort) {

@@ -54,6 +54,29 @@ impl Utf8Carry {
     }
 }
 
+/// The bytes of an unfinished UTF-8 character at the end of `bytes` (empty if it ends whole).
+pub fn incomplete_tail(bytes: &[u8]) -> &[u8] {
+    let is_continuation = |b: u8| b & 0xC0 == 0x80;
+    let from = bytes.len().saturating_sub(3);
+    let Some(start) = (from..bytes.len())
+        .rev()
+        .find(|&i| !is_continuation(bytes[i]))
+    else {
+        return &[];
+    };
+    let needed = match bytes[start] {
+        b if b >= 0xF0 => 4,
+        b if b >= 0xE0 => 3,
+        b if b >= 0xC0 => 2,
+        _ => 1,
+    };
+    if bytes.len() - start < needed {
+        &bytes[start..]
+    } else {
+        &[]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +116,17 @@ mod tests {
         c.flush(&mut out);
         assert_eq!(std::str::from_utf8(&out).unwrap(), "x\u{FFFD}y\u{FFFD}");
         assert!(!c.is_waiting());
+    }
+
+    #[test]
+    fn held_bytes_are_an_unfinished_character_at_the_end() {
+        let e = "é".as_bytes();
+        let crab = "🦀".as_bytes();
+        assert_eq!(incomplete_tail(b"abc"), b"");
+        assert_eq!(incomplete_tail(&[b'a', e[0]]), &e[..1]);
+        assert_eq!(incomplete_tail(e), b"");
+        assert_eq!(incomplete_tail(&crab[..3]), &crab[..3]);
+        assert_eq!(incomplete_tail(crab), b"");
+        assert_eq!(incomplete_tail(b""), b"");
     }
 }

@@ -149,6 +149,29 @@ fn split_characters_cut_between_their_bytes_are_sent_whole_on_resumption() {
 }
 
 #[test]
+fn held_back_bytes_survive_a_resumption_aborted_during_prefill() {
+    // 20 tokens/s: the resumed prompt (about 12 tokens) takes over half a second to prefill.
+    let body = "[timing]\nprefill_tokens_per_second = 20.0\n[output]\nsplit_utf8 = true\n";
+    let mut h = handle(body, 1, 30);
+    let p = Prompt::Text("hello".into());
+    let seg = run_cut(&mut h, &[p.input()], Some((Cut::Pause, 7)));
+    let resumed = p.resumed(&seg.text[0], &seg.ids[0]);
+    let abort = h.abort_handle();
+    let aborter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        abort.abort().unwrap();
+    });
+    let stopped = run_cut(&mut h, std::slice::from_ref(&resumed), None);
+    aborter.join().unwrap();
+    assert_eq!(stopped.outcome, Some(RunOutcome::Aborted));
+    assert!(stopped.ids[0].is_empty(), "aborted before its first token");
+    // The same input again: the character is still owed.
+    let rest = run_cut(&mut h, &[resumed], None);
+    let text = String::from_utf8(rest.text[0].clone()).unwrap();
+    assert!(text.starts_with('é'), "{text:?}");
+}
+
+#[test]
 fn scripted_replies_with_awkward_splits_resume_exactly_and_keep_their_rule() {
     // Once "sunny" is in the reply, the resumed prompt matches the first rule too: a
     // continuation must keep the rule its sequence started with.

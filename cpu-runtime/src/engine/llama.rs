@@ -102,6 +102,17 @@ struct Slot {
     sampler: Option<LlamaSampler>,
     /// Index of this slot's logits in the last decoded batch.
     logits: i32,
+    /// The unfinished character that ends this run's token input (see `Backend::held_bytes`).
+    held: Vec<u8>,
+}
+
+/// One slot's input, checked and tokenized, before the run touches the slot.
+struct Prepared {
+    tokens: Vec<LlamaToken>,
+    /// Tokens of the system prompt at its start.
+    system_len: usize,
+    /// The unfinished character it ends with.
+    held: Vec<u8>,
 }
 
 struct PromptCache {
@@ -293,6 +304,20 @@ impl<'m> LlamaEngine<'m> {
         })
     }
 
+    /// The bytes of a character that `tokens` end in the middle of. A reply cut there had them
+    /// held back (never reported), so the client's text lacks them.
+    fn unfinished_character(&self, tokens: &[LlamaToken], skip_special: bool) -> Vec<u8> {
+        let vocab = self.model.vocab();
+        // A character has at most 4 bytes, and every token at least one.
+        let mut bytes = Vec::new();
+        for &t in &tokens[tokens.len().saturating_sub(4)..] {
+            if !vocab.is_eog(t) {
+                vocab.token_to_piece_into(t, &mut bytes, !skip_special, None);
+            }
+        }
+        crate::utf8::incomplete_tail(&bytes).to_vec()
+    }
+
     /// What slot `i`'s KV cells hold outside a continuing turn: the history a paused or
     /// `keep_history` run kept, else the tokens an ended run left there.
     fn cells_of(&self, i: usize) -> &[LlamaToken] {
@@ -344,8 +369,7 @@ impl Backend for LlamaEngine<'_> {
     }
 
     fn prepare(&mut self, req: &RunRequest) -> Result<Vec<Option<usize>>, EngineError> {
-        let mut prompts: Vec<Option<(Vec<LlamaToken>, usize)>> =
-            Vec::with_capacity(req.slots.len());
+        let mut prompts: Vec<Option<Prepared>> = Vec::with_capacity(req.slots.len());
         for (i, input) in req.slots.iter().enumerate() {
             let continuing = req.keep_history && !self.slots[i].tokens.is_empty();
             let history = if continuing {
@@ -406,7 +430,15 @@ impl Backend for LlamaEngine<'_> {
             } else {
                 0
             };
-            prompts.push(Some((tokens, system_len)));
+            let held = match input {
+                SlotInput::Tokens(_) => self.unfinished_character(&tokens, req.skip_special_token),
+                _ => Vec::new(),
+            };
+            prompts.push(Some(Prepared {
+                tokens,
+                system_len,
+                held,
+            }));
         }
 
         // Nothing has changed so far; from here on the run owns the busy slots.
@@ -415,7 +447,12 @@ impl Backend for LlamaEngine<'_> {
         self.save_cache = req.save_prompt_cache.clone();
         let mut plan = Vec::with_capacity(prompts.len());
         for (i, p) in prompts.into_iter().enumerate() {
-            let Some((tokens, system_len)) = p else {
+            let Some(Prepared {
+                tokens,
+                system_len,
+                held,
+            }) = p
+            else {
                 plan.push(None);
                 continue;
             };
@@ -440,6 +477,7 @@ impl Backend for LlamaEngine<'_> {
                 }
             };
             let slot = &mut self.slots[i];
+            slot.held = held;
             slot.pending = tokens[reused..].to_vec();
             if !continuing {
                 slot.system_len = system_len;
@@ -455,6 +493,10 @@ impl Backend for LlamaEngine<'_> {
             plan.push(Some(slot.pending.len()));
         }
         Ok(plan)
+    }
+
+    fn held_bytes(&self, slot: usize) -> &[u8] {
+        &self.slots[slot].held
     }
 
     fn prefill(&mut self, abort: &AtomicBool) -> Result<(), EngineError> {

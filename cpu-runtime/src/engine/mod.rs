@@ -49,6 +49,14 @@ pub trait Backend {
     /// computed yet, so an error here leaves every slot as it was.
     fn prepare(&mut self, req: &RunRequest) -> Result<Vec<Option<usize>>, EngineError>;
 
+    /// The first bytes of an unfinished UTF-8 character that end `slot`'s input (a reply cut
+    /// mid-character and resumed as token ids): the run holds them back as if it had just
+    /// generated them, so its first piece completes the character instead of starting with
+    /// stray continuation bytes.
+    fn held_bytes(&self, _slot: usize) -> &[u8] {
+        &[]
+    }
+
     /// Runs the prompts of every busy slot through the model, together.
     fn prefill(&mut self, abort: &AtomicBool) -> Result<(), EngineError>;
 

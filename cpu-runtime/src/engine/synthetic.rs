@@ -498,12 +498,14 @@ impl Backend for SyntheticEngine {
                 self.continued_from(i, input)
             };
             let mut state = match from {
-                Some(j) => SlotState {
-                    reemit: self.held[j]
-                        .as_ref()
-                        .map_or(Vec::new(), |r| r.held().to_vec()),
-                    ..self.slots[j].clone()
-                },
+                Some(j) => {
+                    let mut state = self.slots[j].clone();
+                    // Added to what is still owed if that run was stopped before its first
+                    // piece (aborted during prefill).
+                    let held = self.held[j].as_ref().map_or(&[][..], |r| r.held());
+                    state.reemit.extend_from_slice(held);
+                    state
+                }
                 None => SlotState {
                     prompt_hash: hash,
                     script: self.script_for(input),

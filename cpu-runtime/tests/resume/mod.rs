@@ -223,6 +223,50 @@ pub fn check_resume(family: AbiFamily, how: Cut, repeat_penalty: f32, cut_lists:
     h.destroy().unwrap();
 }
 
+/// A reply with characters split across tokens, cut right after the first half of each (the
+/// runtime held those bytes back) and resumed as token ids: its text is still exact.
+pub fn check_mid_character_cuts(family: AbiFamily) {
+    let text = chatml("Translate to Japanese: I like green tea.");
+    let ids = prompt_ids(&text);
+    let mut h = greedy_handle(family, 1, 48, 1.0);
+    let (_, rec) = record(
+        &mut h,
+        &[Input::prompt(text.clone())],
+        &InferParams::default(),
+    );
+    let reference = run_cut(&mut h, &[Input::prompt(text.clone())], None);
+    // Decode steps (1-based) that ended with bytes held back.
+    let waiting: Vec<usize> = rec
+        .steps
+        .iter()
+        .filter(|s| matches!(s.state, StepState::Normal | StepState::Waiting))
+        .enumerate()
+        .filter(|(_, s)| s.state == StepState::Waiting)
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert!(
+        !waiting.is_empty(),
+        "no split character in {:?}",
+        rec.text(0)
+    );
+    // A few are enough (each costs two runs): pause and abort alternate.
+    for (n, &k) in waiting.iter().take(4).enumerate() {
+        let how = if n % 2 == 0 { Cut::Pause } else { Cut::Abort };
+        let cut = run_cut(&mut h, &[Input::prompt(text.clone())], Some((how, k)));
+        let resumed = [ids.clone(), cut.ids[0].clone()].concat();
+        let rest = run_cut(&mut h, &[Input::tokens(resumed)], None);
+        assert!(rest.prefill[0] <= 2, "prefilled {}", rest.prefill[0]);
+        let got = String::from_utf8([cut.text[0].clone(), rest.text[0].clone()].concat())
+            .expect("valid UTF-8");
+        let want = String::from_utf8(reference.text[0].clone()).unwrap();
+        assert!(
+            got.starts_with(&want) && !got.contains('\u{FFFD}'),
+            "{how:?} at step {k}:\n got {got:?}\nwant {want:?}"
+        );
+    }
+    h.destroy().unwrap();
+}
+
 #[macro_export]
 macro_rules! resume_suite {
     ($family:expr) => {
@@ -250,6 +294,12 @@ macro_rules! resume_suite {
             for penalty in [1.0, 1.1] {
                 check_resume(FAMILY, Cut::Pause, penalty, &[&[1], &[5, 3], &[11, 1, 7]]);
             }
+        }
+
+        #[test]
+        fn a_reply_cut_in_the_middle_of_a_character_resumes_with_exact_text() {
+            let _g = serial();
+            check_mid_character_cuts(FAMILY);
         }
 
         #[test]

@@ -5,6 +5,7 @@
 //! sequence, and with prefix reuse on, the part of a new input it shares is not prefilled.
 
 use crate::request::SlotInput;
+use crate::utf8::incomplete_tail;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Input {
@@ -85,29 +86,6 @@ impl Record {
     }
 }
 
-/// The bytes of an unfinished UTF-8 character at the end of `bytes` (empty if it ends whole).
-fn incomplete_tail(bytes: &[u8]) -> &[u8] {
-    let is_continuation = |b: u8| b & 0xC0 == 0x80;
-    let from = bytes.len().saturating_sub(3);
-    let Some(start) = (from..bytes.len())
-        .rev()
-        .find(|&i| !is_continuation(bytes[i]))
-    else {
-        return &[];
-    };
-    let needed = match bytes[start] {
-        b if b >= 0xF0 => 4,
-        b if b >= 0xE0 => 3,
-        b if b >= 0xC0 => 2,
-        _ => 1,
-    };
-    if bytes.len() - start < needed {
-        &bytes[start..]
-    } else {
-        &[]
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,18 +96,6 @@ mod tests {
             role: "user".into(),
             enable_thinking: false,
         }
-    }
-
-    #[test]
-    fn held_bytes_are_an_unfinished_character_at_the_end() {
-        let e = "é".as_bytes();
-        let crab = "🦀".as_bytes();
-        assert_eq!(incomplete_tail(b"abc"), b"");
-        assert_eq!(incomplete_tail(&[b'a', e[0]]), &e[..1]);
-        assert_eq!(incomplete_tail(e), b"");
-        assert_eq!(incomplete_tail(&crab[..3]), &crab[..3]);
-        assert_eq!(incomplete_tail(crab), b"");
-        assert_eq!(incomplete_tail(b""), b"");
     }
 
     #[test]
