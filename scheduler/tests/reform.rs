@@ -128,20 +128,69 @@ fn a_request_cut_and_resumed_can_still_be_cancelled_and_the_run_stops() {
     }
 }
 
+/// Cuts `long` by sending short requests beside it every `gap`, and returns its reply.
+fn cut_repeatedly(s: &scheduler::Scheduler, long: Request, gap: Duration, shorts: usize) -> Reply {
+    let stream = s.submit(long).unwrap();
+    for i in 0..shorts {
+        std::thread::sleep(gap);
+        let r = collect(s.submit(req(&format!("title {i}"), 2)).unwrap());
+        assert_eq!(r.tokens, 2);
+    }
+    collect(stream)
+}
+
+#[test]
+fn a_reply_cut_any_number_of_times_reads_as_an_uninterrupted_one() {
+    // Split characters and scripted pieces of awkward sizes: cuts land mid-character too.
+    let profile = format!("{STEPS}\n[output]\nsplit_utf8 = true\n");
+    for via in [CutVia::Pause, CutVia::Abort] {
+        let mut m = model("m", &profile, 4);
+        m.cut_via = via;
+        let s = start(vec![m]);
+        let alone = collect(s.submit(req("a long essay", 120)).unwrap());
+        let mut long = req("a long essay", 120);
+        long.arrival = Instant::now();
+        let cut = cut_repeatedly(&s, long, Duration::from_millis(150), 6);
+        assert!(cut.timings.resumes >= 3, "{via}: {:?}", cut.timings);
+        assert_eq!(cut.text, alone.text, "{via}");
+        assert_eq!(
+            (cut.tokens, &cut.reason),
+            (alone.tokens, &alone.reason),
+            "{via}"
+        );
+    }
+}
+
+#[test]
+fn a_resumed_request_keeps_its_slot_and_prefills_almost_nothing() {
+    for (reuse, most) in [(true, 2), (false, u32::MAX)] {
+        let profile = format!("{STEPS}prefix_reuse = {reuse}\n");
+        let s = start(vec![model("m", &profile, 4)]);
+        let prompt = "a long essay about rivers and the sea ".repeat(8);
+        let cut = cut_repeatedly(&s, req(&prompt, 100), Duration::from_millis(200), 4);
+        let t = &cut.timings;
+        assert!(t.resumes >= 2, "{t:?}");
+        let per_resume = t.resume_prefill_tokens / t.resumes;
+        if reuse {
+            // Its slot's cache holds its whole context: only the last sampled token again.
+            assert!(per_resume <= most, "{t:?}");
+        } else {
+            // A runtime without reuse prefills the whole context again, prompt included.
+            assert!(per_resume as usize > prompt.len() / 4, "{t:?}");
+        }
+    }
+}
+
 #[test]
 fn stop_strings_end_requests_across_re_forms() {
-    let mut m = model("m", STEPS, 4);
-    m.reform = Reform::Auto;
-    let s = start(vec![m]);
-    // The synthetic engine's filler text is made of a small set of words; "slot" is one.
+    let s = start(vec![model("m", STEPS, 4)]);
+    // The synthetic engine's filler words repeat; "the" comes up within a few dozen tokens.
     let mut long = req("a long essay", 400);
     long.stop = vec!["the".into()];
     let solo = collect(s.submit(long.clone()).unwrap());
+    assert_eq!(solo.reason, FinishReason::Stop);
     long.arrival = Instant::now();
-    let cut = s.submit(long).unwrap();
-    std::thread::sleep(Duration::from_millis(60));
-    let _ = collect(s.submit(req("a title", 2)).unwrap());
-    let cut = collect(cut);
-    assert_eq!(cut.reason, solo.reason);
-    assert!(!cut.text.contains("the"), "{}", cut.text);
+    let cut = cut_repeatedly(&s, long, Duration::from_millis(60), 3);
+    assert!(cut.timings.resumes >= 1, "{:?}", cut.timings);
+    assert_eq!((cut.text, cut.reason), (solo.text, solo.reason));
 }
