@@ -163,12 +163,15 @@ def main():
             )
         lines.append("")
     lines.append(END)
-    section = "\n".join(lines)
+    write_section(doc, BEGIN, END, "\n".join(lines))
 
+
+def write_section(doc, begin, end, section):
+    """Replaces what lies between the markers in `doc` (appends the section when absent)."""
     with open(doc) as f:
         text = f.read()
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + section + text[text.index(end) + len(end):]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     with open(doc, "w") as f:

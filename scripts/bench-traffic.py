@@ -12,7 +12,7 @@ import sys
 BEGIN = "<!-- traffic-report:begin -->"
 END = "<!-- traffic-report:end -->"
 
-# The sweep report's helpers (ms, ceiling, machine, verdict), loaded from its file.
+# The sweep report's helpers (ms, ceiling, machine, verdict, write_section), from its file.
 _spec = importlib.util.spec_from_file_location(
     "bench_report", os.path.join(os.path.dirname(__file__), "bench-report.py")
 )
@@ -142,15 +142,7 @@ def main():
                 f"{verdict(r >= target)}"
             )
     lines += ["", END]
-    section = "\n".join(lines)
-    with open(doc) as f:
-        text = f.read()
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    with open(doc, "w") as f:
-        f.write(text)
+    report.write_section(doc, BEGIN, END, "\n".join(lines))
 
 
 if __name__ == "__main__":

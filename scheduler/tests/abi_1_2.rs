@@ -2,22 +2,15 @@
 //! different sampling, and prefers batches matching its handle. Its own process, because
 //! the CPU runtime reads RKLLM_CPU_ABI once.
 
+mod common;
+
 use rkllm::{AbiFamily, Sampling};
-use scheduler::{Event, FinishReason, ModelConfig, Request, Scheduler};
+use scheduler::{FinishReason, ModelConfig, Request, Scheduler};
 use std::time::{Duration, Instant};
 
-fn collect(mut s: scheduler::RequestStream) -> (String, FinishReason, Instant) {
-    let (mut text, mut first) = (String::new(), None);
-    while let Some(e) = s.blocking_next() {
-        match e {
-            Event::Text { text: t, at } => {
-                first.get_or_insert(at);
-                text.push_str(&t);
-            }
-            Event::End { reason, .. } => return (text, reason, first.unwrap()),
-        }
-    }
-    panic!("no End event");
+fn collect(s: scheduler::RequestStream) -> (String, FinishReason, Instant) {
+    let r = common::collect(s);
+    (r.text, r.reason, r.first.expect("some text"))
 }
 
 #[test]

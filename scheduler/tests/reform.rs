@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::{model, start};
+use common::{collect, model, start, Reply};
 use rkllm::Sampling;
-use scheduler::{CutVia, Event, FinishReason, Reform, Request, RequestStream, Timings};
+use scheduler::{CutVia, FinishReason, Reform, Request};
 use std::time::{Duration, Instant};
 
 fn req(prompt: &str, max_tokens: u32) -> Request {
@@ -20,41 +20,6 @@ fn req(prompt: &str, max_tokens: u32) -> Request {
         stop: vec![],
         arrival: Instant::now(),
     }
-}
-
-struct Reply {
-    text: String,
-    reason: FinishReason,
-    tokens: u32,
-    first: Option<Instant>,
-    timings: Timings,
-}
-
-fn collect(mut s: RequestStream) -> Reply {
-    let (mut text, mut first) = (String::new(), None);
-    while let Some(e) = s.blocking_next() {
-        match e {
-            Event::Text { text: t, at } => {
-                first.get_or_insert(at);
-                text.push_str(&t);
-            }
-            Event::End {
-                reason,
-                completion_tokens,
-                timings,
-                ..
-            } => {
-                return Reply {
-                    text,
-                    reason,
-                    tokens: completion_tokens,
-                    first,
-                    timings,
-                }
-            }
-        }
-    }
-    panic!("stream ended without an End event");
 }
 
 /// 20 ms decode steps, prefill at 2,000 tokens/s.

@@ -26,22 +26,9 @@ fn req(model: &str, prompt: &str, max_tokens: u32) -> Request {
 }
 
 /// Text, end reason, completion tokens, and when the first text arrived.
-fn collect(mut s: RequestStream) -> (String, FinishReason, u32, Option<Instant>) {
-    let (mut text, mut first) = (String::new(), None);
-    while let Some(e) = s.blocking_next() {
-        match e {
-            Event::Text { text: t, at } => {
-                first.get_or_insert(at);
-                text.push_str(&t);
-            }
-            Event::End {
-                reason,
-                completion_tokens,
-                ..
-            } => return (text, reason, completion_tokens, first),
-        }
-    }
-    panic!("stream ended without an End event");
+fn collect(s: RequestStream) -> (String, FinishReason, u32, Option<Instant>) {
+    let r = common::collect(s);
+    (r.text, r.reason, r.tokens, r.first)
 }
 
 fn first_event(s: &mut RequestStream) -> Event {

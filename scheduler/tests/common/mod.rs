@@ -4,9 +4,9 @@
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
-use scheduler::{ModelConfig, Scheduler};
+use scheduler::{Event, FinishReason, ModelConfig, RequestStream, Scheduler, Timings};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub fn lib() -> PathBuf {
     rkllm::cpu_runtime_near_exe().expect("librkllmrt.so is built with the workspace")
@@ -37,4 +37,41 @@ pub fn start(models: Vec<ModelConfig>) -> Scheduler {
     let s = Scheduler::new(models);
     assert!(s.wait_loaded(Duration::from_secs(30)));
     s
+}
+
+/// A stream read to its end.
+pub struct Reply {
+    pub text: String,
+    pub reason: FinishReason,
+    pub tokens: u32,
+    /// When the first text arrived.
+    pub first: Option<Instant>,
+    pub timings: Timings,
+}
+
+pub fn collect(mut s: RequestStream) -> Reply {
+    let (mut text, mut first) = (String::new(), None);
+    while let Some(e) = s.blocking_next() {
+        match e {
+            Event::Text { text: t, at } => {
+                first.get_or_insert(at);
+                text.push_str(&t);
+            }
+            Event::End {
+                reason,
+                completion_tokens,
+                timings,
+                ..
+            } => {
+                return Reply {
+                    text,
+                    reason,
+                    tokens: completion_tokens,
+                    first,
+                    timings,
+                }
+            }
+        }
+    }
+    panic!("stream ended without an End event");
 }
