@@ -14,13 +14,10 @@
 
 mod common;
 
+use common::load::{served_by, Load, Outcome};
 use common::{free_port, Server};
-use futures_util::StreamExt;
-use serde_json::json;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const PROFILE: &str = include_str!("../models/synthetic/qwen3-0.6b-rk3588.toml");
@@ -31,6 +28,8 @@ const WINDOW: Duration = Duration::from_secs(8);
 const WARMUP: Duration = Duration::from_secs(2);
 /// deploy/haproxy.cfg's health check: `inter 1s fastinter 250ms fall 2`.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// Set by deploy/haproxy.cfg to the server that answered.
+const BOARD_HEADER: &str = "x-rkserve-board";
 
 struct Haproxy {
     child: Child,
@@ -137,195 +136,10 @@ impl Drop for Haproxy {
     }
 }
 
-/// One request's outcome, as a client saw it.
-#[derive(Debug, Clone)]
-struct Outcome {
-    sent: Instant,
-    /// When the response headers came, and which board sent them (via haproxy's header).
-    answered: Option<(Instant, String)>,
-    /// Why it failed; None if it streamed to `[DONE]`.
-    failure: Option<String>,
-    ended: Instant,
-}
-
-/// Closed-loop streaming clients: each sends its next request when the last one ends.
-struct Load {
-    stop: Arc<AtomicBool>,
-    /// Content chunks (one per token) received while `counting`.
-    tokens: Arc<AtomicU64>,
-    counting: Arc<AtomicBool>,
-    outcomes: Arc<Mutex<Vec<Outcome>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(url: String, clients: usize) -> Load {
-        let load = Load {
-            stop: Arc::default(),
-            tokens: Arc::default(),
-            counting: Arc::default(),
-            outcomes: Arc::default(),
-            tasks: vec![],
-        };
-        let client = reqwest::Client::new();
-        let tasks = (0..clients)
-            .map(|c| {
-                let (client, url) = (client.clone(), url.clone());
-                let (stop, tokens, counting, outcomes) = (
-                    load.stop.clone(),
-                    load.tokens.clone(),
-                    load.counting.clone(),
-                    load.outcomes.clone(),
-                );
-                tokio::spawn(async move {
-                    // Bounded: a client makes at most this many requests whatever happens.
-                    for n in 0..1000 {
-                        if stop.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        let body = json!({
-                            "model": MODEL,
-                            "messages": [{"role": "user", "content": format!("client {c} request {n}")}],
-                            "max_tokens": MAX_TOKENS,
-                            "stream": true,
-                        });
-                        let o = one(&client, &url, &body, &tokens, &counting).await;
-                        let failed = o.failure.is_some();
-                        outcomes.lock().unwrap().push(o);
-                        if failed {
-                            // Not a tight loop against a board that refuses everything.
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load { tasks, ..load }
-    }
-
-    /// Tokens per second over `window`, after the clients have settled in.
-    async fn measure(&self, window: Duration) -> f64 {
-        self.tokens.store(0, Ordering::SeqCst);
-        self.counting.store(true, Ordering::SeqCst);
-        tokio::time::sleep(window).await;
-        self.counting.store(false, Ordering::SeqCst);
-        self.tokens.load(Ordering::SeqCst) as f64 / window.as_secs_f64()
-    }
-
-    async fn stop(self) -> Vec<Outcome> {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.tasks {
-            tokio::time::timeout(Duration::from_secs(30), t)
-                .await
-                .expect("every client finishes its last request")
-                .unwrap();
-        }
-        Arc::try_unwrap(self.outcomes)
-            .unwrap()
-            .into_inner()
-            .unwrap()
-    }
-
-    /// Waits until `board` has completed a request sent after `since`; how long after
-    /// `since` that was.
-    async fn wait_served(&self, board: &str, since: Instant) -> Duration {
-        let limit = Duration::from_secs(15);
-        while served_by(&self.outcomes(), board, since) == 0 {
-            assert!(
-                since.elapsed() < limit,
-                "{board} served nothing in {limit:?}: it did not rejoin"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        since.elapsed()
-    }
-
-    fn outcomes(&self) -> Vec<Outcome> {
-        self.outcomes.lock().unwrap().clone()
-    }
-}
-
-async fn one(
-    client: &reqwest::Client,
-    url: &str,
-    body: &serde_json::Value,
-    tokens: &AtomicU64,
-    counting: &AtomicBool,
-) -> Outcome {
-    let sent = Instant::now();
-    let mut o = Outcome {
-        sent,
-        answered: None,
-        failure: None,
-        ended: sent,
-    };
-    o.failure = stream(client, url, body, tokens, counting, &mut o.answered).await;
-    o.ended = Instant::now();
-    o
-}
-
-/// Sends one streaming request and reads it to its end; why it failed, if it did.
-async fn stream(
-    client: &reqwest::Client,
-    url: &str,
-    body: &serde_json::Value,
-    tokens: &AtomicU64,
-    counting: &AtomicBool,
-    answered: &mut Option<(Instant, String)>,
-) -> Option<String> {
-    let r = match client.post(url).json(body).send().await {
-        Ok(r) => r,
-        Err(e) => return Some(format!("send: {e}")),
-    };
-    let board = r
-        .headers()
-        .get("x-rkserve-board")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("direct")
-        .to_string();
-    *answered = Some((Instant::now(), board));
-    if r.status() != 200 {
-        return Some(format!("status {}", r.status()));
-    }
-    let mut body = r.bytes_stream();
-    let mut buf = Vec::new();
-    while let Some(chunk) = body.next().await {
-        let Ok(chunk) = chunk else {
-            return Some("the stream broke".into());
-        };
-        buf.extend_from_slice(&chunk);
-        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=nl).collect();
-            let line = String::from_utf8_lossy(&line);
-            let Some(data) = line.trim_end().strip_prefix("data: ") else {
-                continue;
-            };
-            if data == "[DONE]" {
-                return None;
-            }
-            if data.contains("\"error\"") {
-                return Some(format!("error event: {data}"));
-            }
-            if data.contains("\"content\":\"") && counting.load(Ordering::Relaxed) {
-                tokens.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-    Some("the stream ended without [DONE]".into())
-}
-
 async fn board(agent_port: u16) -> Server {
     let config = common::config(&[MODEL], "");
     let port = agent_port.to_string();
     Server::start_synthetic(&[("qwen3", PROFILE)], &config, &["--agent-port", &port]).await
-}
-
-fn served_by(outcomes: &[Outcome], board: &str, after: Instant) -> usize {
-    outcomes
-        .iter()
-        .filter(|o| o.failure.is_none() && o.sent >= after)
-        .filter(|o| o.answered.as_ref().is_some_and(|(_, b)| b == board))
-        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,7 +153,13 @@ async fn haproxy_routes_survives_a_kill_and_drains_without_a_failure() {
     ];
 
     // One board on its own at 8 clients: the figure the fleet is compared with.
-    let single = Load::start(boards[0].url("/v1/chat/completions"), 8);
+    let single = Load::start(
+        boards[0].url("/v1/chat/completions"),
+        MODEL,
+        MAX_TOKENS,
+        8,
+        BOARD_HEADER,
+    );
     tokio::time::sleep(WARMUP).await;
     let one_board = single.measure(WINDOW).await;
     let outcomes = single.stop().await;
@@ -353,7 +173,13 @@ async fn haproxy_routes_survives_a_kill_and_drains_without_a_failure() {
             .await;
     }
 
-    let fleet = Load::start(haproxy.url("/v1/chat/completions"), 24);
+    let fleet = Load::start(
+        haproxy.url("/v1/chat/completions"),
+        MODEL,
+        MAX_TOKENS,
+        24,
+        BOARD_HEADER,
+    );
     tokio::time::sleep(WARMUP).await;
     let three_boards = fleet.measure(WINDOW).await;
     let ratio = three_boards / one_board;

@@ -4,6 +4,8 @@
 // Each test binary compiles this module and uses a different part of it.
 #![allow(dead_code)]
 
+pub mod load;
+
 use futures_util::StreamExt;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
