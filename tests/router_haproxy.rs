@@ -146,7 +146,7 @@ async fn board(agent_port: u16) -> Server {
 async fn haproxy_routes_survives_a_kill_and_drains_without_a_failure() {
     let test_start = Instant::now();
     let agents = [free_port(), free_port(), free_port()];
-    let mut boards = vec![
+    let mut boards = [
         board(agents[0]).await,
         board(agents[1]).await,
         board(agents[2]).await,

@@ -99,7 +99,7 @@ async fn board() -> Server {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "on demand: scripts/test-litellm installs LiteLLM and runs it"]
 async fn litellm_least_busy_spreads_load_and_rides_out_a_drain_and_a_kill() {
-    let mut boards = vec![board().await, board().await, board().await];
+    let mut boards = [board().await, board().await, board().await];
     let refs: Vec<&Server> = boards.iter().collect();
     let litellm = Litellm::start(&refs).await;
     let names: Vec<String> = boards.iter().map(|b| b.url("/v1")).collect();
