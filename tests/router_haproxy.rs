@@ -172,6 +172,16 @@ async fn haproxy_routes_survives_a_kill_and_drains_without_a_failure() {
             .wait_status(b, Duration::from_secs(15), |s| s == "UP")
             .await;
     }
+    // Idle boards tell HAProxy they are all free: weight 100 of 100.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !haproxy.boards().await.iter().all(|(_, _, w)| *w == 100) {
+        assert!(
+            Instant::now() < deadline,
+            "agent weights: {:?}",
+            haproxy.boards().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let fleet = Load::start(
         haproxy.url("/v1/chat/completions"),
@@ -187,7 +197,12 @@ async fn haproxy_routes_survives_a_kill_and_drains_without_a_failure() {
         "tokens/s: one board at 8 clients {one_board:.1}; three boards behind haproxy at 24 \
          clients {three_boards:.1}; ratio {ratio:.2}x (at least 2.6x required)"
     );
-    println!("haproxy under load: {:?}", haproxy.boards().await);
+    let loaded = haproxy.boards().await;
+    println!("haproxy under load (board, status, weight from the agent): {loaded:?}");
+    assert!(
+        loaded.iter().any(|(_, _, w)| *w < 100),
+        "full boards must report less than full weight: {loaded:?}"
+    );
 
     // SIGKILL board2 under load: only the streams it had started may fail.
     let killed_at = Instant::now();
@@ -225,6 +240,14 @@ async fn haproxy_routes_survives_a_kill_and_drains_without_a_failure() {
     }
     let drained_at = Instant::now();
     boards[2].signal("TERM");
+    let out = haproxy
+        .wait_status("board3", Duration::from_secs(5), |s| s != "UP")
+        .await;
+    println!(
+        "board3 draining: {} in haproxy after {:.2} s",
+        haproxy.status("board3").await,
+        out.as_secs_f64()
+    );
     let status = boards[2]
         .wait_exit(Duration::from_secs(30))
         .await
