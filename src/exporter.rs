@@ -91,13 +91,12 @@ fn describe_capacity() {
 
 fn publish_capacity(snapshot: &[scheduler::ModelSnapshot], gone: &[String]) {
     for m in snapshot {
-        let l = Load::of(m);
-        let (model, name) = (m.name.clone(), m.name.clone());
+        let (l, name) = (Load::of(m), &m.name);
         gauge!(VLLM_WAITING, "model_name" => name.clone()).set(l.waiting as f64);
         gauge!(VLLM_RUNNING, "model_name" => name.clone()).set(l.busy as f64);
-        gauge!(VLLM_KV_USAGE, "model_name" => name).set(l.kv_usage);
-        gauge!(SLOTS_FREE, "model" => model.clone()).set(l.free_slots() as f64);
-        gauge!(KV_USAGE, "model" => model).set(l.kv_usage);
+        gauge!(VLLM_KV_USAGE, "model_name" => name.clone()).set(l.kv_usage);
+        gauge!(SLOTS_FREE, "model" => name.clone()).set(l.free_slots() as f64);
+        gauge!(KV_USAGE, "model" => name.clone()).set(l.kv_usage);
     }
     for name in gone {
         for g in [VLLM_WAITING, VLLM_RUNNING, VLLM_KV_USAGE] {

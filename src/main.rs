@@ -33,7 +33,7 @@ fn main() -> ExitCode {
         }
     };
     let (host, port) = (cfg.server.host.clone(), cfg.server.port);
-    let cfg_drain_timeout = cfg.server.drain_timeout;
+    let drain_timeout = cfg.server.drain_timeout;
     let catalog = match Catalog::new(cfg) {
         Ok(c) => c,
         Err(e) => {
@@ -54,7 +54,7 @@ fn main() -> ExitCode {
             ),
         }
     }
-    let drain = std::sync::Arc::new(rkserve::drain::Drain::new(cfg_drain_timeout));
+    let drain = std::sync::Arc::new(rkserve::drain::Drain::new(drain_timeout));
     if let Some(agent_port) = catalog.config().server.agent_port {
         let bound = std::net::TcpListener::bind((host.as_str(), agent_port))
             .and_then(|l| rkserve::agent::spawn(l, catalog.scheduler.clone(), drain.clone()));
