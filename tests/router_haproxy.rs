@@ -216,6 +216,12 @@ async fn haproxy_routes_survives_a_kill_and_drains_without_a_failure() {
         HEALTH_INTERVAL
     );
     // New requests meanwhile go to the other two (checked with the rest at the end).
+    // Out of rotation within a health interval and the second check (fastinter), with a
+    // second to spare for a slow machine; meanwhile new requests were redispatched.
+    assert!(
+        out <= HEALTH_INTERVAL + Duration::from_millis(1250),
+        "board2 was marked down only after {out:?}"
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     // board2 comes back on its port and gets traffic again.
