@@ -35,6 +35,13 @@ pub struct Server {
     /// The longest a request body may take to arrive once its headers have.
     #[serde(deserialize_with = "duration::de")]
     pub body_timeout: Duration,
+    /// On SIGTERM or POST /admin/drain, how long admitted requests may take to finish
+    /// before the process exits regardless.
+    #[serde(deserialize_with = "duration::de")]
+    pub drain_timeout: Duration,
+    /// A TCP port speaking HAProxy's agent-check protocol (weight from free capacity, drain,
+    /// down); none: no agent.
+    pub agent_port: Option<u16>,
 }
 
 impl Default for Server {
@@ -67,6 +74,8 @@ impl Default for Server {
             .to_vec(),
             structured_retries: 2,
             body_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(60),
+            agent_port: None,
         }
     }
 }
@@ -182,6 +191,9 @@ pub struct Cli {
     pub host: Option<String>,
     #[arg(long, env = "RKSERVE_PORT")]
     pub port: Option<u16>,
+    /// HAProxy agent-check port.
+    #[arg(long, env = "RKSERVE_AGENT_PORT")]
+    pub agent_port: Option<u16>,
     #[arg(long, env = "RKSERVE_MODELS_DIR")]
     pub models_dir: Option<PathBuf>,
     #[arg(long, env = "RKSERVE_RUNTIME_LIB")]
@@ -246,6 +258,9 @@ impl Config {
         if let Some(p) = cli.port {
             cfg.server.port = p;
         }
+        if let Some(p) = cli.agent_port {
+            cfg.server.agent_port = Some(p);
+        }
         if let Some(d) = &cli.models_dir {
             cfg.models.dir = d.clone();
         }
@@ -304,6 +319,8 @@ mod tests {
         assert_eq!(file.scheduler.batch_window, d.scheduler.batch_window);
         assert_eq!(file.models.preload, d.models.preload);
         assert_eq!(file.runtime.abi, d.runtime.abi);
+        assert_eq!(file.server.drain_timeout, d.server.drain_timeout);
+        assert_eq!(file.server.agent_port, d.server.agent_port);
     }
 
     #[test]

@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         }
     };
     let (host, port) = (cfg.server.host.clone(), cfg.server.port);
+    let drain_timeout = cfg.server.drain_timeout;
     let catalog = match Catalog::new(cfg) {
         Ok(c) => c,
         Err(e) => {
@@ -53,7 +54,23 @@ fn main() -> ExitCode {
             ),
         }
     }
-    let state = web::Data::new(AppState { catalog, exporter });
+    let drain = std::sync::Arc::new(rkserve::drain::Drain::new(drain_timeout));
+    if let Some(agent_port) = catalog.config().server.agent_port {
+        let bound = std::net::TcpListener::bind((host.as_str(), agent_port))
+            .and_then(|l| rkserve::agent::spawn(l, catalog.scheduler.clone(), drain.clone()));
+        match bound {
+            Ok(()) => tracing::info!("HAProxy agent on {host}:{agent_port}"),
+            Err(e) => {
+                tracing::error!("agent port {host}:{agent_port}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let state = web::Data::new(AppState {
+        catalog,
+        exporter,
+        drain: drain.clone(),
+    });
     let housekeeping = state.clone();
     let run = async move {
         // Once a second: unload models idle past their Ollama keep_alive, and fold the
@@ -80,6 +97,8 @@ fn main() -> ExitCode {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                // Inside auth: a request without a valid key is not work to wait for.
+                .wrap(actix_web::middleware::from_fn(api::admit))
                 .wrap(actix_web::middleware::from_fn(api::auth))
                 // Outside auth: a browser's preflight carries no credentials.
                 .wrap(api::cors(&origins))
@@ -87,9 +106,21 @@ fn main() -> ExitCode {
                 .configure(api::routes)
         })
         .on_connect(api::disconnect::on_connect)
-        .bind((host.as_str(), port))?;
+        // Signals drain (rkserve::shutdown); once drained, connections left are idle.
+        .disable_signals()
+        .shutdown_timeout(5)
+        .bind((host.as_str(), port))?
+        .run();
         tracing::info!("listening on http://{host}:{port} (OpenAI: /v1, Ollama: /api)");
-        server.run().await
+        let handle = server.handle();
+        actix_web::rt::spawn(async move {
+            if let Err(e) = rkserve::shutdown::run(drain, handle.clone()).await {
+                // Without signal handlers the process would die on SIGTERM mid-stream.
+                tracing::error!("cannot watch for signals: {e}");
+                handle.stop(false).await;
+            }
+        });
+        server.await
     };
     match actix_web::rt::System::new().block_on(run) {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! The HTTP front end: routes, authentication, and the service endpoints. Each API's
 //! handlers live in their own module and answer errors in their own shape.
 
+mod admission;
 mod body;
 mod cors;
 pub mod disconnect;
@@ -18,6 +19,7 @@ mod sse;
 mod stats;
 mod structured;
 
+pub use admission::admit;
 pub use cors::cors;
 
 use crate::catalog::Catalog;
@@ -34,6 +36,8 @@ pub struct AppState {
     pub catalog: Catalog,
     /// None when another recorder was installed first (embedding, tests): /metrics is 503.
     pub exporter: Option<crate::exporter::Exporter>,
+    /// Whether new work is still taken, and how much admitted work is unfinished.
+    pub drain: std::sync::Arc<crate::drain::Drain>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -51,6 +55,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .service(resource("/health", web::get().to(health)))
     .service(resource("/ready", web::get().to(ready)))
+    .service(resource("/admin/drain", web::post().to(admission::drain)))
     .service(resource("/openapi.json", web::get().to(openapi)))
     .service(resource("/metrics", web::get().to(stats::metrics)))
     .service(resource("/v1/stats", web::get().to(stats::latency)))
@@ -194,8 +199,16 @@ async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// 200 once any model can serve; 503 with the reasons until then.
+/// 200 once any model can serve; 503 with the reasons until then, and while draining (a
+/// router's health check then sends new work elsewhere).
 async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    if state.drain.is_draining() {
+        return HttpResponse::ServiceUnavailable().json(json!({
+            "status": "draining",
+            "reason": "the server is draining for a restart",
+            "in_flight": state.drain.in_flight(),
+        }));
+    }
     let snap = state.catalog.scheduler.snapshot();
     let ready: Vec<&str> = snap
         .iter()
