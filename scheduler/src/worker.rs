@@ -103,13 +103,11 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
     let mut reform = cfg.reform == Reform::Auto;
     let cutter = (reform && cfg.cut_via == CutVia::Abort)
         .then(|| Cutter::start(inst.clone(), cfg.name.clone()));
-    let mut cost = CostModel::new(Priors {
-        cut_ms: match cfg.cut_via {
-            CutVia::Pause => Priors::default().cut_ms,
-            CutVia::Abort => 1000.0,
-        },
-        ..Priors::default()
-    });
+    // The cut's own time is assumed small until one is measured: a pessimistic prior would
+    // never be tested, and a slow abort is paid for once, then known. Resuming keeps the
+    // cautious prior (everything re-prefilled): a runtime that reports no perf stats never
+    // corrects it, and there caution is what the board needs.
+    let mut cost = CostModel::new(Priors::default());
     // What each slot's KV cache was last given: new requests go where their prefix is.
     let mut cached: Vec<Vec<u8>> = vec![Vec::new(); n_batch];
     let mut carry: Vec<Option<Sequence>> = (0..n_batch).map(|_| None).collect();
