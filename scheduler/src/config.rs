@@ -1,3 +1,4 @@
+use crate::embed::Pooling;
 use rkllm::AbiFamily;
 use std::fmt;
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ pub struct ModelConfig {
     /// CPUs for the runtime threads; `None`: the big cores if the board has them, else
     /// no pinning.
     pub cpus: Option<Vec<usize>>,
+    /// How embedding requests pool their tokens' hidden states (the model's metadata).
+    pub pooling: Pooling,
 }
 
 impl ModelConfig {
@@ -60,6 +63,7 @@ impl ModelConfig {
             reform: Reform::Auto,
             cut_via: CutVia::Pause,
             cpus: None,
+            pooling: Pooling::default(),
         }
     }
 }
