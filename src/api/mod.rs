@@ -4,6 +4,8 @@
 mod body;
 mod cors;
 pub mod disconnect;
+mod embed;
+mod embed_routes;
 pub mod error;
 mod frames;
 mod generate;
@@ -62,6 +64,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         "/v1/completions",
         web::post().to(openai::completions),
     ))
+    .service(resource(
+        "/v1/embeddings",
+        web::post().to(embed_routes::openai),
+    ))
     .service(resource("/v1/models", web::get().to(openai::list_models)))
     .service(resource("/v1/models/loaded", web::get().to(manage::loaded)))
     .service(resource(
@@ -78,6 +84,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     ))
     .service(resource("/api/chat", web::post().to(ollama::chat)))
     .service(resource("/api/generate", web::post().to(ollama::generate)))
+    .service(resource("/api/embed", web::post().to(embed_routes::ollama)))
+    .service(resource(
+        "/api/embeddings",
+        web::post().to(embed_routes::ollama_legacy),
+    ))
     .service(resource("/api/tags", web::get().to(ollama::tags)))
     .service(resource("/api/show", web::post().to(ollama::show)))
     .service(resource("/api/ps", web::get().to(ollama::ps)))
