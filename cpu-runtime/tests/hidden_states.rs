@@ -5,11 +5,11 @@ mod common;
 use common::*;
 use rkllm::{AbiFamily, Flow, InferMode, InferParams, Input, RunOutcome, StepState};
 
-/// Each slot's states, copied out of the callback, and the states seen per step.
-fn hidden(
-    h: &mut rkllm::Handle,
-    inputs: &[Input],
-) -> (Vec<Option<(usize, Vec<f32>)>>, Vec<StepState>) {
+/// A slot's token count and states, copied out of the callback.
+type SlotStates = Option<(usize, Vec<f32>)>;
+
+/// Each slot's states, and the states seen per step.
+fn hidden(h: &mut rkllm::Handle, inputs: &[Input]) -> (Vec<SlotStates>, Vec<StepState>) {
     let infer = InferParams {
         mode: InferMode::LastHiddenLayer,
         ..InferParams::default()
