@@ -323,6 +323,7 @@ impl Catalog {
         m.cut_via = sc.reform_via;
         m.cpus = (!sc.cpus.is_empty()).then(|| sc.cpus.clone());
         m.pooling = s.pooling;
+        m.release_hidden_states = self.cfg.runtime.release_hidden_states;
         Ok(m)
     }
 

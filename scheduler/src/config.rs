@@ -42,6 +42,9 @@ pub struct ModelConfig {
     pub cpus: Option<Vec<usize>>,
     /// How embedding requests pool their tokens' hidden states (the model's metadata).
     pub pooling: Pooling,
+    /// Embedding runs: return 2 from the callback once the states are read (`None`: the
+    /// binding's default, on for ABI 1.3).
+    pub release_hidden_states: Option<bool>,
 }
 
 impl ModelConfig {
@@ -64,6 +67,7 @@ impl ModelConfig {
             cut_via: CutVia::Pause,
             cpus: None,
             pooling: Pooling::default(),
+            release_hidden_states: None,
         }
     }
 }

@@ -96,6 +96,7 @@ pub(crate) fn run(
     };
     let infer = InferParams {
         mode: InferMode::LastHiddenLayer,
+        release_hidden_states: cfg.release_hidden_states,
         ..InferParams::default()
     };
     let pooling = cfg.pooling;
