@@ -46,6 +46,10 @@ pub struct Served {
     pub parameters: Option<u64>,
     pub n_batch: u8,
     pub instances: usize,
+    /// How embeddings pool the tokens' states: the GGUF's `pooling_type`, else mean.
+    pub pooling: scheduler::Pooling,
+    /// The embedding size, where the model's metadata says it (GGUF).
+    pub embedding_len: Option<usize>,
 }
 
 pub struct Catalog {
@@ -278,6 +282,11 @@ impl Catalog {
             parameters: gguf.as_ref().map(|g| g.parameters),
             n_batch: side.n_batch.unwrap_or(self.cfg.scheduler.n_batch),
             instances: side.instances.unwrap_or(self.cfg.scheduler.instances),
+            pooling: gguf
+                .as_ref()
+                .and_then(|g| g.pooling_type)
+                .map_or(scheduler::Pooling::Mean, scheduler::Pooling::from_gguf),
+            embedding_len: gguf.as_ref().and_then(|g| g.embedding_len),
             template,
             tokenizer,
             context_len,
@@ -313,6 +322,8 @@ impl Catalog {
         m.reform = sc.reform;
         m.cut_via = sc.reform_via;
         m.cpus = (!sc.cpus.is_empty()).then(|| sc.cpus.clone());
+        m.pooling = s.pooling;
+        m.release_hidden_states = self.cfg.runtime.release_hidden_states;
         Ok(m)
     }
 

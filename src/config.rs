@@ -86,6 +86,10 @@ pub struct Runtime {
     pub lib: PathBuf,
     #[serde(deserialize_with = "de_abi")]
     pub abi: AbiFamily,
+    /// Whether an embedding run's callback returns 2 ("release the buffer") after reading
+    /// the hidden states. Absent: on ABI 1.3 (Rockchip's 1.3.0 frees them so; earlier runtimes
+    /// leaked them), never on 1.2. A board must confirm 1.3.0's behaviour.
+    pub release_hidden_states: Option<bool>,
 }
 
 fn de_abi<'de, D: serde::Deserializer<'de>>(d: D) -> Result<AbiFamily, D::Error> {

@@ -41,6 +41,10 @@ pub struct GgufInfo {
     pub context_len: usize,
     pub architecture: Option<String>,
     pub parameters: u64,
+    /// `{arch}.embedding_length`: the size of the hidden states embeddings are made of.
+    pub embedding_len: Option<usize>,
+    /// `{arch}.pooling_type` (0 none, 1 mean, 2 cls, 3 last, 4 rank), absent for most LMs.
+    pub pooling_type: Option<u32>,
 }
 
 impl Tokenizer {
@@ -64,7 +68,16 @@ impl Tokenizer {
             .and_then(|a| model.meta_val_str(&format!("{a}.context_length")).ok())
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0);
+        let meta = |key: &str| {
+            architecture
+                .as_ref()
+                .and_then(|a| model.meta_val_str(&format!("{a}.{key}")).ok())
+        };
+        let embedding_len = meta("embedding_length").and_then(|v| v.trim().parse().ok());
+        let pooling_type = meta("pooling_type").and_then(|v| v.trim().parse().ok());
         let info = GgufInfo {
+            embedding_len,
+            pooling_type,
             chat_template: model
                 .chat_template(None)
                 .ok()

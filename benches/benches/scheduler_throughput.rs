@@ -82,6 +82,7 @@ fn overhead(step_ms: f64, clients: usize, per_client: usize) {
                                     let ns = at.elapsed().as_nanos() as u64;
                                     lat.saturating_record(ns.max(1));
                                 }
+                                Event::Embedding { .. } => {}
                                 Event::End { reason, .. } => {
                                     assert_eq!(reason, FinishReason::Length);
                                     break;
@@ -190,6 +191,7 @@ fn overhead_async(step_ms: f64, clients: usize, per_client: usize) {
                                     events += 1;
                                     lat.saturating_record((at.elapsed().as_nanos() as u64).max(1));
                                 }
+                                Event::Embedding { .. } => {}
                                 Event::End { .. } => break,
                             }
                         }
@@ -259,6 +261,7 @@ fn default_model() {
                                     first.get_or_insert(at);
                                     last = at;
                                 }
+                                Event::Embedding { .. } => {}
                                 Event::End {
                                     completion_tokens, ..
                                 } => {

@@ -325,6 +325,7 @@ unsafe fn read_inputs(input: *const c_void, n: usize) -> Result<Vec<SlotInput>, 
 
 /// Per-run settings from either family's RKLLMInferParam.
 struct Infer {
+    hidden_states: bool,
     keep_history: bool,
     sampling: Option<Sampling>,
     max_new_tokens: i32,
@@ -336,6 +337,7 @@ struct Infer {
 unsafe fn read_infer(param: *const c_void) -> Result<Infer, String> {
     if param.is_null() {
         return Ok(Infer {
+            hidden_states: false,
             keep_history: false,
             sampling: None,
             max_new_tokens: 0,
@@ -374,9 +376,9 @@ unsafe fn read_infer(param: *const c_void) -> Result<Infer, String> {
             )
         }
     };
-    if mode != infer_mode::GENERATE {
+    if mode != infer_mode::GENERATE && mode != infer_mode::GET_LAST_HIDDEN_LAYER {
         return Err(format!(
-            "infer mode {mode} (hidden states / logits) is not supported by the CPU runtime"
+            "infer mode {mode} (logits) is not supported by the CPU runtime"
         ));
     }
     if !lora.is_null() {
@@ -398,6 +400,7 @@ unsafe fn read_infer(param: *const c_void) -> Result<Infer, String> {
         }
     };
     Ok(Infer {
+        hidden_states: mode == infer_mode::GET_LAST_HIDDEN_LAYER,
         keep_history: keep != 0,
         sampling,
         max_new_tokens: max_new,
@@ -447,6 +450,7 @@ unsafe fn start_run(
         ignore_eos: d.ignore_eos,
         skip_special_token: d.skip_special_token,
         save_prompt_cache: infer.save_prompt_cache,
+        hidden_states: infer.hidden_states,
     };
     // v1.3 falls back to the init-time result_userdata; v1.2 always passes the run's.
     let userdata = if userdata.is_null() {

@@ -212,5 +212,6 @@ fn slot_result<'a>(s: &'a Slot, perf: RKLLMPerfStat) -> SlotResult<'a> {
         },
         token_id: s.token,
         perf,
+        hidden: None,
     }
 }

@@ -263,8 +263,13 @@ fn serve(
             } => {
                 let mut reporter = CReporter::new(callback, userdata as *mut _, n_batch)
                     .with_finish_results(engine.finish_results());
-                let code = match generate(engine, &req, abort, &mut reporter) {
-                    Ok(_) => 0,
+                let ran = if req.hidden_states {
+                    crate::embed::hidden_states(engine, &req, abort, &mut reporter)
+                } else {
+                    generate(engine, &req, abort, &mut reporter).map(|_| ())
+                };
+                let code = match ran {
+                    Ok(()) => 0,
                     Err(e) => {
                         reporter.error();
                         log_error("rkllm_run", &e)

@@ -3,12 +3,13 @@
 //!
 //! Data flow: [`exports`] (the C API: reads the caller's structs) → [`handle`] (one worker
 //! thread per `LLMHandle`) → [`generate`] (prefill, then one batched forward pass per step)
-//! over an [`engine`] → [`report`] (each step's `RKLLMResult` array to the caller's callback).
+//! over an [`engine`], or [`embed`] for hidden-state runs → [`report`] (each step's `RKLLMResult` array to the caller's callback).
 //!
 //! The ABI family is chosen by `RKLLM_CPU_ABI` (`1.3`, the default, or `1.2`).
 
+pub mod embed;
 pub mod engine;
-pub mod exports;
+mod exports;
 pub mod generate;
 pub mod handle;
 pub mod report;

@@ -2,7 +2,10 @@
 //! Buffers are allocated once per run and reused every step.
 
 use crate::generate::StepSink;
-use rkllm::abi::{call_state, callback_return, LLMResultCallback, RKLLMPerfStat, RKLLMResult};
+use rkllm::abi::{
+    call_state, callback_return, LLMResultCallback, RKLLMPerfStat, RKLLMResult,
+    RKLLMResultLastHiddenLayer,
+};
 use rkllm::{Flow, SlotResult};
 use serde::Deserialize;
 use std::ffi::{c_int, c_void};
@@ -50,6 +53,7 @@ impl CReporter {
                 text: None,
                 token_id: -1,
                 perf: Default::default(),
+                hidden: None,
             })
             .collect();
         self.step(call_state::ERROR, &empty);
@@ -83,6 +87,15 @@ impl StepSink for CReporter {
                 let r = &mut self.results[i];
                 r.token_id = s.token_id;
                 r.perf = s.perf;
+                // Points into the engine's buffer, which outlives the callback.
+                r.last_hidden_layer = match s.hidden {
+                    Some(h) => RKLLMResultLastHiddenLayer {
+                        hidden_states: h.states.as_ptr(),
+                        embd_size: h.embd_size as i32,
+                        num_tokens: h.num_tokens as i32,
+                    },
+                    None => RKLLMResult::EMPTY.last_hidden_layer,
+                };
                 r.text = match s.text {
                     Some(t) => {
                         let buf = &mut self.texts[i];

@@ -27,4 +27,7 @@ pub struct RunRequest {
     pub skip_special_token: bool,
     /// Save slot 0's prefill state to this file.
     pub save_prompt_cache: Option<PathBuf>,
+    /// `RKLLM_INFER_GET_LAST_HIDDEN_LAYER`: prefill only, and report the last hidden layer
+    /// of every input token (`crate::embed`).
+    pub hidden_states: bool,
 }

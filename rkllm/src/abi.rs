@@ -42,6 +42,9 @@ pub mod callback_return {
     pub const CONTINUE: c_int = 0;
     /// Stop generating but keep the KV cache; a later `rkllm_run` resumes.
     pub const PAUSE: c_int = 1;
+    /// v1.3.0: the hidden states (or logits) of this callback have been copied; the runtime
+    /// may free them. Earlier runtimes leaked them (rknn-llm#504) and know no such value.
+    pub const RELEASE: c_int = 2;
 }
 
 #[repr(C)]

@@ -2,7 +2,9 @@
 //! Rust closure. It runs on the runtime's thread, so it never blocks, never allocates, and
 //! never lets a panic unwind into C.
 
-use crate::abi::{call_state, callback_return, RKLLMPerfStat, RKLLMResult};
+use crate::abi::{
+    call_state, callback_return, RKLLMPerfStat, RKLLMResult, RKLLMResultLastHiddenLayer,
+};
 use std::ffi::{c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -49,6 +51,50 @@ pub struct SlotResult<'a> {
     /// Negative once the slot has finished.
     pub token_id: i32,
     pub perf: RKLLMPerfStat,
+    /// In `GET_LAST_HIDDEN_LAYER` runs: the last hidden layer of the slot's prompt tokens.
+    pub hidden: Option<HiddenStates<'a>>,
+}
+
+/// The last hidden layer of a slot's tokens, `num_tokens` rows of `embd_size` floats, row
+/// major (Rockchip's `RKLLMResultLastHiddenLayer`). Valid during the callback only.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HiddenStates<'a> {
+    pub states: &'a [f32],
+    pub embd_size: usize,
+    pub num_tokens: usize,
+}
+
+impl<'a> HiddenStates<'a> {
+    /// Checks what the runtime passed before a float of it is read: a NULL pointer, a size
+    /// that is zero or negative (a slot without states, or a field the runtime left
+    /// unwritten), a product that overflows, or a misaligned pointer all mean "no states".
+    ///
+    /// # Safety
+    /// A non-NULL `hidden_states` with positive sizes must point to `embd_size * num_tokens`
+    /// floats that stay valid for `'a`, as rkllm.h documents for the callback's duration.
+    pub unsafe fn from_c(h: &RKLLMResultLastHiddenLayer) -> Option<HiddenStates<'a>> {
+        let embd_size = usize::try_from(h.embd_size).ok().filter(|&n| n > 0)?;
+        let num_tokens = usize::try_from(h.num_tokens).ok().filter(|&n| n > 0)?;
+        let len = embd_size.checked_mul(num_tokens)?;
+        let bytes = len.checked_mul(std::mem::size_of::<f32>())?;
+        if h.hidden_states.is_null() || !h.hidden_states.is_aligned() || bytes > isize::MAX as usize
+        {
+            return None;
+        }
+        // SAFETY: non-NULL, aligned, `len` floats within isize::MAX bytes, valid for 'a per
+        // this function's contract.
+        let states = unsafe { std::slice::from_raw_parts(h.hidden_states, len) };
+        Some(HiddenStates {
+            states,
+            embd_size,
+            num_tokens,
+        })
+    }
+
+    /// Token `i`'s state.
+    pub fn token(&self, i: usize) -> &'a [f32] {
+        &self.states[i * self.embd_size..(i + 1) * self.embd_size]
+    }
 }
 
 impl SlotResult<'_> {
@@ -84,10 +130,14 @@ impl<'a> Step<'a> {
             // the duration of the callback, and `'a` does not outlive the callback.
             Some(unsafe { CStr::from_ptr(r.text) }.to_bytes())
         };
+        // SAFETY: the runtime keeps a result's hidden-state buffer alive for the callback,
+        // and `'a` does not outlive it; `from_c` reads nothing it has not checked.
+        let hidden = unsafe { HiddenStates::from_c(&r.last_hidden_layer) };
         SlotResult {
             text,
             token_id: r.token_id,
             perf: r.perf,
+            hidden,
         }
     }
 
@@ -105,6 +155,8 @@ pub(crate) struct CallbackCtx<'f> {
     pub saw_finish: bool,
     pub saw_error: bool,
     pub panic: Option<String>,
+    /// Return "release" after a step that carried hidden states (v1.3.0).
+    pub release_hidden: bool,
 }
 
 impl<'f> CallbackCtx<'f> {
@@ -115,7 +167,13 @@ impl<'f> CallbackCtx<'f> {
             saw_finish: false,
             saw_error: false,
             panic: None,
+            release_hidden: false,
         }
+    }
+
+    pub fn releasing_hidden_states(mut self, release: bool) -> Self {
+        self.release_hidden = release;
+        self
     }
 }
 
@@ -163,7 +221,11 @@ pub(crate) unsafe extern "C" fn trampoline(
         return callback_return::PAUSE;
     }
     let step = Step { state, results };
+    // Only what this step may be read for counts, so a FINISH array of one is not overread.
+    let carried_hidden = ctx.release_hidden && step.slots().any(|s| s.hidden.is_some());
     match catch_unwind(AssertUnwindSafe(|| (ctx.on_step)(&step))) {
+        // The closure has returned, so nothing borrows the buffer any more.
+        Ok(Flow::Continue) if carried_hidden => callback_return::RELEASE,
         Ok(Flow::Continue) => callback_return::CONTINUE,
         Ok(Flow::Pause) => callback_return::PAUSE,
         Err(payload) => {
@@ -219,5 +281,61 @@ mod tests {
             (call_state::FINISH, vec![]),
         ];
         assert_eq!(lens_seen(&mut calls, 8), vec![8, 8, 1, 1, 0]);
+    }
+
+    fn with_hidden(states: &[f32], embd: i32, tokens: i32) -> RKLLMResult {
+        let mut r = RKLLMResult::EMPTY;
+        r.last_hidden_layer = RKLLMResultLastHiddenLayer {
+            hidden_states: states.as_ptr(),
+            embd_size: embd,
+            num_tokens: tokens,
+        };
+        r
+    }
+
+    #[test]
+    fn hidden_states_are_read_only_when_pointer_and_sizes_are_sound() {
+        let data = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let ok = with_hidden(&data, 3, 2);
+        let step = Step::from_results(StepState::Normal, std::slice::from_ref(&ok));
+        let h = step.slot(0).hidden.expect("states");
+        assert_eq!((h.embd_size, h.num_tokens), (3, 2));
+        assert_eq!(h.token(1), &[4.0, 5.0, 6.0]);
+        for bad in [
+            with_hidden(&data, 0, 2),
+            with_hidden(&data, 3, -1),
+            with_hidden(&data, -3, -2),
+            RKLLMResult::EMPTY,
+        ] {
+            let step = Step::from_results(StepState::Normal, std::slice::from_ref(&bad));
+            assert!(step.slot(0).hidden.is_none());
+        }
+        // A misaligned pointer is refused rather than read.
+        let mut odd = with_hidden(&data, 1, 1);
+        odd.last_hidden_layer.hidden_states =
+            (data.as_ptr() as *const u8).wrapping_add(1) as *const f32;
+        let step = Step::from_results(StepState::Normal, std::slice::from_ref(&odd));
+        assert!(step.slot(0).hidden.is_none());
+    }
+
+    #[test]
+    fn a_step_with_hidden_states_returns_release_when_asked() {
+        let data = [0.5f32; 4];
+        for (release, expected) in [
+            (true, callback_return::RELEASE),
+            (false, callback_return::CONTINUE),
+        ] {
+            let on_step: Box<StepFn<'_>> = Box::new(|_: &Step<'_>| Flow::Continue);
+            let mut ctx = CallbackCtx::new(2, on_step).releasing_hidden_states(release);
+            let mut results = vec![with_hidden(&data, 4, 1), RKLLMResult::EMPTY];
+            let ptr = &mut ctx as *mut CallbackCtx<'_> as *mut c_void;
+            // SAFETY: ctx outlives the calls; the array holds n_batch results.
+            let got = unsafe { trampoline(results.as_mut_ptr(), ptr, call_state::NORMAL) };
+            assert_eq!(got, expected);
+            let mut plain = vec![RKLLMResult::EMPTY, RKLLMResult::EMPTY];
+            // SAFETY: as above.
+            let got = unsafe { trampoline(plain.as_mut_ptr(), ptr, call_state::NORMAL) };
+            assert_eq!(got, callback_return::CONTINUE);
+        }
     }
 }

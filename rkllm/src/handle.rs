@@ -1,6 +1,6 @@
 //! An initialised runtime handle: one model, `n_batch` sequences.
 
-use crate::abi::{self, infer_mode, input_type, v1_2, v1_3, LLMHandle, RKLLMPromptCacheParam};
+use crate::abi::{self, input_type, v1_2, v1_3, LLMHandle, RKLLMPromptCacheParam};
 use crate::callback::{trampoline, CallbackCtx, Flow, Step};
 use crate::error::Error;
 use crate::library::{FamilyFns, Runtime};
@@ -213,7 +213,8 @@ impl Handle {
     ) -> Result<RunOutcome, Error> {
         self.reap_async()?;
         self.abort_requested.store(false, Ordering::Release);
-        let mut ctx = CallbackCtx::new(self.n_batch, Box::new(on_step));
+        let mut ctx = CallbackCtx::new(self.n_batch, Box::new(on_step))
+            .releasing_hidden_states(self.releases_hidden(infer));
         let code = self.call_run(
             inputs,
             infer,
@@ -251,12 +252,24 @@ impl Handle {
     ) -> Result<(), Error> {
         self.reap_async()?;
         self.abort_requested.store(false, Ordering::Release);
-        let mut ctx = Box::new(CallbackCtx::new(self.n_batch, Box::new(on_step)));
+        let mut ctx = Box::new(
+            CallbackCtx::new(self.n_batch, Box::new(on_step))
+                .releasing_hidden_states(self.releases_hidden(infer)),
+        );
         let userdata = &mut *ctx as *mut CallbackCtx<'static> as *mut c_void;
         let code = self.call_run(inputs, infer, userdata, true)?;
         // Kept until the next run or destroy, after the runtime says it is idle.
         self.async_ctx = Some(ctx);
         check("rkllm_run_async", code)
+    }
+
+    /// Whether this run's callback returns "release" after reading hidden states.
+    fn releases_hidden(&self, infer: &InferParams) -> bool {
+        infer.mode == crate::InferMode::LastHiddenLayer
+            && match self.rt.family() {
+                AbiFamily::V1_2 => false,
+                AbiFamily::V1_3 => infer.release_hidden_states.unwrap_or(true),
+            }
     }
 
     fn reap_async(&mut self) -> Result<(), Error> {
@@ -315,7 +328,7 @@ impl Handle {
                 let f = pick(run, run_async, asynchronous, family)?;
                 pad(&mut c.v1_2, self.n_batch);
                 let mut p = v1_2::RKLLMInferParam {
-                    mode: infer_mode::GENERATE,
+                    mode: infer.mode.to_c(),
                     lora_params: ptr::null_mut(),
                     prompt_cache_params: cache_ptr,
                     keep_history: c_int::from(infer.keep_history),
@@ -329,7 +342,7 @@ impl Handle {
                 pad(&mut c.v1_3, self.n_batch);
                 let mut sampling = infer.sampling.map(v1_3::RKLLMSamplingParam::from);
                 let mut p = v1_3::RKLLMInferParam {
-                    mode: infer_mode::GENERATE,
+                    mode: infer.mode.to_c(),
                     lora_params: ptr::null_mut(),
                     prompt_cache_params: cache_ptr,
                     sampling_params: sampling

@@ -13,8 +13,8 @@ mod handle;
 mod library;
 mod params;
 
-pub use callback::{Flow, SlotResult, Step, StepState};
+pub use callback::{Flow, HiddenStates, SlotResult, Step, StepState};
 pub use error::{Error, LoadError};
 pub use handle::{AbortHandle, Handle, RunOutcome};
 pub use library::{cpu_runtime_near_exe, AbiFamily, Runtime};
-pub use params::{InferParams, InitParams, Input, InputKind, PromptCache, Sampling};
+pub use params::{InferMode, InferParams, InitParams, Input, InputKind, PromptCache, Sampling};

@@ -261,9 +261,36 @@ pub struct PromptCache {
     pub save: bool,
 }
 
+/// What a run computes (`RKLLMInferMode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum InferMode {
+    /// Generate text.
+    #[default]
+    Generate,
+    /// Prefill the inputs only and report the last hidden layer's states of their tokens
+    /// ([`crate::SlotResult::hidden`]): what embeddings are made of.
+    LastHiddenLayer,
+}
+
+impl InferMode {
+    pub fn to_c(self) -> std::ffi::c_int {
+        match self {
+            InferMode::Generate => crate::abi::infer_mode::GENERATE,
+            InferMode::LastHiddenLayer => crate::abi::infer_mode::GET_LAST_HIDDEN_LAYER,
+        }
+    }
+}
+
 /// Per-run parameters.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct InferParams {
+    pub mode: InferMode,
+    /// Whether the callback returns 2 ("release the buffer") after a step that carried
+    /// hidden states, once they have been read. `None`: on v1.3, where Rockchip's 1.3.0 frees
+    /// the buffer so (it leaked before, rknn-llm#504); never on v1.2, which knows no such
+    /// value. *A board must confirm* that 1.3.0 treats 2 so in every state and with several
+    /// batches; `Some(false)` turns it off.
+    pub release_hidden_states: Option<bool>,
     /// Keep the KV cache after the run, so the next run continues the conversation.
     pub keep_history: bool,
     /// v1.3 only: overrides the init-time sampling for this run.

@@ -1,3 +1,4 @@
+use crate::embed::Pooling;
 use rkllm::AbiFamily;
 use std::fmt;
 use std::path::PathBuf;
@@ -39,6 +40,11 @@ pub struct ModelConfig {
     /// CPUs for the runtime threads; `None`: the big cores if the board has them, else
     /// no pinning.
     pub cpus: Option<Vec<usize>>,
+    /// How embedding requests pool their tokens' hidden states (the model's metadata).
+    pub pooling: Pooling,
+    /// Embedding runs: return 2 from the callback once the states are read (`None`: the
+    /// binding's default, on for ABI 1.3).
+    pub release_hidden_states: Option<bool>,
 }
 
 impl ModelConfig {
@@ -60,6 +66,8 @@ impl ModelConfig {
             reform: Reform::Auto,
             cut_via: CutVia::Pause,
             cpus: None,
+            pooling: Pooling::default(),
+            release_hidden_states: None,
         }
     }
 }

@@ -394,6 +394,7 @@ mod tests {
         while let Ok(e) = rx.try_recv() {
             match e {
                 Event::Text { text: t, .. } => text.push_str(&t),
+                Event::Embedding { .. } => {}
                 Event::End {
                     reason: r,
                     completion_tokens,

@@ -10,6 +10,7 @@ pub mod config;
 pub mod cost;
 pub mod cpus;
 pub mod demux;
+pub mod embed;
 pub mod error;
 mod instance;
 mod model;
@@ -28,6 +29,7 @@ pub mod telemetry;
 mod worker;
 
 pub use config::{CutVia, ModelConfig, Reform};
+pub use embed::Pooling;
 pub use error::SubmitError;
 pub use request::{BatchKey, Event, Failure, FinishReason, Request, RequestStream, Timings};
 pub use scheduler::Scheduler;

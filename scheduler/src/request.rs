@@ -22,11 +22,15 @@ pub struct Request {
 }
 
 /// What must be equal for two requests to share a run: everything the runtime applies per
-/// run. Floats are compared by their bits, so "equal" means identical settings.
+/// run. Floats are compared by their bits, so "equal" means identical settings. The last
+/// word is the run's kind: embedding requests never share a run with generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct BatchKey([u32; 9]);
+pub struct BatchKey([u32; 10]);
 
 impl BatchKey {
+    /// Every embedding request's key: they share runs with each other only.
+    pub const EMBEDDING: BatchKey = BatchKey([0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+
     pub fn of(s: &Sampling) -> BatchKey {
         BatchKey([
             s.top_k as u32,
@@ -38,6 +42,7 @@ impl BatchKey {
             s.mirostat as u32,
             s.mirostat_tau.to_bits(),
             s.mirostat_eta.to_bits(),
+            0,
         ])
     }
 }
@@ -96,6 +101,8 @@ pub struct Timings {
 pub enum Event {
     /// New text (whole UTF-8 characters, stop sequences withheld) and when it was produced.
     Text { text: String, at: Instant },
+    /// An embedding request's vector (pooled, L2-normalised), just before its End.
+    Embedding { vector: Vec<f32>, at: Instant },
     /// Always the last event.
     End {
         reason: FinishReason,
@@ -129,6 +136,7 @@ impl RequestStream {
         while let Some(e) = self.blocking_next() {
             match e {
                 Event::Text { text: t, .. } => text.push_str(&t),
+                Event::Embedding { .. } => {}
                 end @ Event::End { .. } => return (text, end),
             }
         }

@@ -159,6 +159,23 @@ impl Scheduler {
     /// refusal leaves nothing behind to be cancelled and counted a second time. Streams come
     /// back in the order of `reqs`; all must name the same model.
     pub fn submit_all(&self, reqs: Vec<Request>) -> Result<Vec<RequestStream>, SubmitError> {
+        self.enqueue(reqs, |r| BatchKey::of(&r.sampling))
+    }
+
+    /// Queues embedding requests (one per input; `sampling`, `max_tokens` and `stop` are
+    /// ignored) in the model's queue, where they wait and are refused like generation
+    /// requests. They run together, up to `n_batch` per run, never beside generation. Each
+    /// stream carries one [`crate::Event::Embedding`] (pooled by the model's
+    /// [`crate::Pooling`], L2-normalised), then its End.
+    pub fn submit_embeddings(&self, reqs: Vec<Request>) -> Result<Vec<RequestStream>, SubmitError> {
+        self.enqueue(reqs, |_| BatchKey::EMBEDDING)
+    }
+
+    fn enqueue(
+        &self,
+        reqs: Vec<Request>,
+        key_of: impl Fn(&Request) -> BatchKey,
+    ) -> Result<Vec<RequestStream>, SubmitError> {
         if self.shared.stopping() {
             return Err(SubmitError::ShuttingDown);
         }
@@ -214,7 +231,7 @@ impl Scheduler {
             tracing::trace!(request = id, model = %name, "queued");
             waiting.push_back(Pending {
                 id,
-                key: BatchKey::of(&req.sampling),
+                key: key_of(&req),
                 req,
                 tx,
             });

@@ -151,6 +151,16 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
             let Some(batch) = batch else { break };
             batch
         };
+        // Nothing is carried here (a re-formed run takes only its own key's requests), so an
+        // embedding run never interrupts generation sequences in their slots.
+        if key == BatchKey::EMBEDDING {
+            let fresh = refuse_unrunnable(fresh, &model.queue.tel);
+            if !fresh.is_empty() {
+                crate::embed::run(&model, &inst, generation, &mut handle, fresh);
+            }
+            free_since = Some(Instant::now());
+            continue;
+        }
         if !continuing && per_handle_sampling && key != handle_key {
             let sampling = fresh[0].req.sampling;
             destroy_with_deadline(handle, cfg.destroy_timeout, &cfg.name);

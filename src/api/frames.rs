@@ -181,6 +181,8 @@ impl Frames {
                 None if text.is_empty() => {}
                 None => self.pending.push_back(Frame::Text { choice, text }),
             },
+            // Generation requests get none.
+            Event::Embedding { .. } => {}
             Event::End {
                 reason,
                 completion_tokens,

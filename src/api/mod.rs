@@ -5,6 +5,8 @@ mod admission;
 mod body;
 mod cors;
 pub mod disconnect;
+mod embed;
+mod embed_routes;
 pub mod error;
 mod frames;
 mod generate;
@@ -67,6 +69,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         "/v1/completions",
         web::post().to(openai::completions),
     ))
+    .service(resource(
+        "/v1/embeddings",
+        web::post().to(embed_routes::openai),
+    ))
     .service(resource("/v1/models", web::get().to(openai::list_models)))
     .service(resource("/v1/models/loaded", web::get().to(manage::loaded)))
     .service(resource(
@@ -83,6 +89,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     ))
     .service(resource("/api/chat", web::post().to(ollama::chat)))
     .service(resource("/api/generate", web::post().to(ollama::generate)))
+    .service(resource("/api/embed", web::post().to(embed_routes::ollama)))
+    .service(resource(
+        "/api/embeddings",
+        web::post().to(embed_routes::ollama_legacy),
+    ))
     .service(resource("/api/tags", web::get().to(ollama::tags)))
     .service(resource("/api/show", web::post().to(ollama::show)))
     .service(resource("/api/ps", web::get().to(ollama::ps)))

@@ -8,6 +8,8 @@ Its OpenAI connections post /v1/chat/completions with extra fields it passes thr
 
 import json
 import threading
+import urllib.error
+import urllib.request
 
 import httpx
 import pytest
@@ -197,3 +199,77 @@ def test_scripted_tool_call_over_ndjson(http, scripted_model):
     assert calls[0]["function"]["arguments"] == {"city": "Paris"}
     assert objs[-1]["done"] is True
     assert "<tool_call>" not in "".join(o["message"].get("content", "") for o in objs)
+
+
+# Open WebUI's RAG: agenerate_ollama_batch_embeddings posts {"input": [...], "model": ...,
+# "truncate": true} to /api/embed with a Bearer header (empty without a key) and, with
+# ENABLE_FORWARD_USER_INFO_HEADERS, its X-OpenWebUI-User-* headers; batches of
+# RAG_EMBEDDING_BATCH_SIZE go out in parallel; a non-200 is read as json()["error"].
+WEBUI_EMBED_HEADERS = {
+    "Content-Type": "application/json",
+    "Authorization": "Bearer ",
+    "X-OpenWebUI-User-Name": "Jane Doe",
+    "X-OpenWebUI-User-Id": "8d2a4c1e-0000-4000-8000-000000000000",
+    "X-OpenWebUI-User-Email": "jane@example.com",
+    "X-OpenWebUI-User-Role": "user",
+}
+
+CHUNKS = [
+    "Paris is the capital and largest city of France.",
+    "The Eiffel Tower was completed in 1889 for the World's Fair.",
+    "Photosynthesis converts light energy into chemical energy in plants.",
+    "The mitochondria is the powerhouse of the cell.",
+    "France borders Belgium, Luxembourg, Germany, Switzerland, Italy and Spain.",
+    "Chlorophyll absorbs mostly blue and red light.",
+]
+
+
+def _webui_post_embed(url, body):
+    """POSTs as requests/aiohttp do; urllib, since httpx refuses the bare "Bearer " that
+    Open WebUI sends without a key. Returns (status, parsed JSON)."""
+    req = urllib.request.Request(f"{url}/api/embed", data=json.dumps(body).encode(),
+                                 headers=WEBUI_EMBED_HEADERS, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _webui_embed(url, model, texts):
+    status, data = _webui_post_embed(url, {"input": texts, "model": model, "truncate": True})
+    if status != 200:
+        raise AssertionError(f"Ollama embed error ({status}): {data.get('error', data)}")
+    assert "embeddings" in data, data
+    return data["embeddings"]
+
+
+def test_open_webui_rag_embed_replay(server_url, model):
+    # Documents are embedded in parallel batches of 2, as RAG_EMBEDDING_BATCH_SIZE=2 does.
+    batches = [CHUNKS[i:i + 2] for i in range(0, len(CHUNKS), 2)]
+    results = [None] * len(batches)
+
+    def run(i, batch):
+        results[i] = _webui_embed(server_url, model, batch)
+
+    threads = [threading.Thread(target=run, args=(i, b)) for i, b in enumerate(batches)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    docs = [v for batch in results for v in batch]
+    assert len(docs) == len(CHUNKS)
+    dim = len(docs[0])
+    assert all(len(v) == dim for v in docs)
+    # The query is embedded alone, then ranked by cosine (vectors are unit length).
+    [query] = _webui_embed(server_url, f"{model}:latest", ["What is the capital city of France?"])
+    scores = [sum(a * b for a, b in zip(query, d)) for d in docs]
+    best = max(range(len(docs)), key=scores.__getitem__)
+    assert "France" in CHUNKS[best], (CHUNKS[best], scores)
+
+
+def test_open_webui_embed_error_is_readable(server_url):
+    status, data = _webui_post_embed(
+        server_url, {"input": ["x"], "model": "no-such-model", "truncate": True})
+    assert status == 404
+    assert isinstance(data.get("error"), str) and "no-such-model" in data["error"]

@@ -12,11 +12,11 @@
 //! `prefill_tokens` drop. Rockchip's runtime does not do this, so `RKLLM_CPU_PREFIX_REUSE=0`
 //! turns it off to time prefill as an NPU would.
 
-use crate::engine::{Backend, EngineError, Sampled};
+use crate::engine::{Backend, EngineError, Hidden, Sampled};
 use crate::request::{RunRequest, SlotInput};
 use crate::sysinfo;
 use crate::template::ChatTemplate;
-use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
 use llama_cpp_2::context::session::LlamaStateSeqFlags;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -135,7 +135,15 @@ pub struct LlamaEngine<'m> {
     reuse_prefix: bool,
     /// A decode failed during this run: the KV cells may not match the slots' tokens.
     dirty: bool,
+    /// For hidden-state runs, made on the first: llama.cpp fixes per context whether it
+    /// outputs embeddings, and a context of its own leaves the slots' KV cells alone.
+    embed_ctx: Option<LlamaContext<'m>>,
+    threads: i32,
 }
+
+/// Tokens per forward pass of a hidden-state run. Every token is an output there, and
+/// llama.cpp sizes its output buffer (logits included) by this, so it is kept small.
+const EMBED_CHUNK: usize = 128;
 
 fn prefix_reuse_enabled() -> bool {
     std::env::var_os("RKLLM_CPU_PREFIX_REUSE").is_none_or(|v| v != "0")
@@ -280,6 +288,8 @@ impl<'m> LlamaEngine<'m> {
             skip_special: true,
             reuse_prefix: prefix_reuse_enabled(),
             dirty: false,
+            embed_ctx: None,
+            threads: cfg.threads,
         })
     }
 
@@ -363,7 +373,146 @@ impl<'m> LlamaEngine<'m> {
     }
 }
 
+impl<'m> LlamaEngine<'m> {
+    /// The context of hidden-state runs: per-token states (no pooling: Rockchip's contract),
+    /// one slot's context of KV cells shared by the inputs of a pass (unified), so memory
+    /// grows by one context, not `n_batch`.
+    fn embed_context(&mut self) -> Result<&mut LlamaContext<'m>, EngineError> {
+        if self.embed_ctx.is_none() {
+            let n = self.slots.len() as u32;
+            let params = LlamaContextParams::default()
+                .with_embeddings(true)
+                .with_pooling_type(LlamaPoolingType::None)
+                .with_n_ctx(NonZeroU32::new(self.context_len as u32))
+                .with_n_seq_max(n)
+                .with_kv_unified(true)
+                .with_n_batch(EMBED_CHUNK as u32)
+                .with_n_ubatch(EMBED_CHUNK as u32)
+                .with_n_threads(self.threads)
+                .with_n_threads_batch(self.threads);
+            let ctx = self.model.new_context(backend()?, params).map_err(|e| {
+                EngineError::Decode(format!("cannot create the embedding context: {e}"))
+            })?;
+            self.embed_ctx = Some(ctx);
+        }
+        Ok(self.embed_ctx.as_mut().expect("just made"))
+    }
+
+    /// One slot's input as tokens, checked against the context.
+    fn embed_tokens(
+        &self,
+        i: usize,
+        input: &SlotInput,
+    ) -> Result<Option<Vec<LlamaToken>>, EngineError> {
+        let tokens = match input {
+            SlotInput::Idle => return Ok(None),
+            SlotInput::Prompt {
+                text,
+                role,
+                enable_thinking,
+            } => {
+                let wrapped = self
+                    .template
+                    .first_turn(role, text, *enable_thinking)
+                    .map_err(EngineError::InvalidInput)?;
+                self.tokenize(&wrapped, true)
+            }
+            SlotInput::Tokens(ids) => {
+                let n_vocab = self.model.n_vocab();
+                if let Some(bad) = ids.iter().find(|&&t| t < 0 || t >= n_vocab) {
+                    return Err(EngineError::InvalidInput(format!(
+                        "slot {i}: token id {bad} is outside the vocabulary (0..{n_vocab})"
+                    )));
+                }
+                ids.iter().map(|&t| LlamaToken(t)).collect()
+            }
+        };
+        if tokens.is_empty() {
+            return Err(EngineError::InvalidInput(format!("slot {i}: empty prompt")));
+        }
+        if tokens.len() > self.context_len {
+            return Err(EngineError::ContextOverflow {
+                slot: i,
+                needed: tokens.len(),
+                limit: self.context_len,
+            });
+        }
+        Ok(Some(tokens))
+    }
+}
+
 impl Backend for LlamaEngine<'_> {
+    fn hidden_states(
+        &mut self,
+        req: &RunRequest,
+        abort: &AtomicBool,
+    ) -> Result<Vec<Option<Hidden>>, EngineError> {
+        let inputs = req
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| self.embed_tokens(i, s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let embd = self.model.n_embd_out() as usize;
+        let context_len = self.context_len;
+        let mut out: Vec<Option<Hidden>> = inputs
+            .iter()
+            .map(|t| {
+                t.as_ref().map(|t| Hidden {
+                    states: Vec::with_capacity(t.len() * embd),
+                    embd_size: embd,
+                    num_tokens: t.len(),
+                })
+            })
+            .collect();
+        // Inputs share a pass while their tokens fit the context's cells together; each
+        // input attends only to its own tokens (its own sequence id).
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut used = usize::MAX;
+        for (i, t) in inputs.iter().enumerate() {
+            let Some(t) = t else { continue };
+            if used.saturating_add(t.len()) > context_len {
+                groups.push(Vec::new());
+                used = 0;
+            }
+            used += t.len();
+            groups.last_mut().expect("pushed").push(i);
+        }
+        let mut batch = LlamaBatch::new(EMBED_CHUNK, self.slots.len() as i32);
+        let ctx = self.embed_context()?;
+        for group in groups {
+            ctx.clear_kv_cache();
+            let work: Vec<(usize, usize)> = group
+                .iter()
+                .flat_map(|&i| (0..inputs[i].as_ref().map_or(0, Vec::len)).map(move |j| (i, j)))
+                .collect();
+            for chunk in work.chunks(EMBED_CHUNK) {
+                if abort.load(Ordering::Acquire) {
+                    return Ok(out.iter().map(|_| None).collect());
+                }
+                batch.clear();
+                for &(i, j) in chunk {
+                    let t = inputs[i].as_ref().expect("busy")[j];
+                    batch
+                        .add(t, j as i32, &[i as i32], true)
+                        .map_err(|e| EngineError::Decode(e.to_string()))?;
+                }
+                ctx.decode(&mut batch)
+                    .map_err(|e| EngineError::Decode(e.to_string()))?;
+                for (k, &(i, _)) in chunk.iter().enumerate() {
+                    let row = ctx
+                        .embeddings_ith(k as i32)
+                        .map_err(|e| EngineError::Decode(format!("no hidden state: {e}")))?;
+                    let h = out[i].as_mut().expect("busy");
+                    h.states.extend_from_slice(&row[..embd.min(row.len())]);
+                }
+            }
+        }
+        // It holds nothing between runs.
+        ctx.clear_kv_cache();
+        Ok(out)
+    }
+
     fn n_slots(&self) -> usize {
         self.slots.len()
     }

@@ -40,6 +40,14 @@ pub struct Sampled {
     pub eog: bool,
 }
 
+/// The last hidden layer of one slot's input: `num_tokens` rows of `embd_size` floats.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hidden {
+    pub states: Vec<f32>,
+    pub embd_size: usize,
+    pub num_tokens: usize,
+}
+
 /// The model-specific half of a run. Slot indices are 0..n_slots.
 pub trait Backend {
     fn n_slots(&self) -> usize;
@@ -97,6 +105,20 @@ pub trait Backend {
     /// What the FINISH and ERROR callbacks pass (a synthetic profile can choose).
     fn finish_results(&self) -> FinishResults {
         FinishResults::All
+    }
+
+    /// `GET_LAST_HIDDEN_LAYER`: runs every busy slot's input through the model and returns
+    /// the last hidden layer of each of its tokens (`None` for an idle slot). It touches no
+    /// slot's KV cache or history: an embedding run between two generation runs changes
+    /// nothing for them.
+    fn hidden_states(
+        &mut self,
+        _req: &RunRequest,
+        _abort: &AtomicBool,
+    ) -> Result<Vec<Option<Hidden>>, EngineError> {
+        Err(EngineError::InvalidInput(
+            "this engine has no hidden states (GET_LAST_HIDDEN_LAYER)".into(),
+        ))
     }
 
     /// Called once by `rkllm_destroy` (the synthetic engine can be told to hang here).

@@ -17,7 +17,7 @@
 
 mod context;
 
-use crate::engine::{Backend, EngineError, Sampled};
+use crate::engine::{Backend, EngineError, Hidden, Sampled};
 use crate::generate::RunEnd;
 use crate::report::FinishResults;
 use crate::request::{RunRequest, SlotInput};
@@ -236,6 +236,19 @@ const WORDS: [&str; 32] = [
 ];
 
 /// FNV-1a: a stable hash, so the same prompt gives the same text on every machine.
+/// Size of the synthetic hidden states.
+pub const HIDDEN_SIZE: usize = 16;
+
+/// Token `t`'s synthetic hidden state: a function of that token's bytes (or id), so equal
+/// inputs give equal states and inputs sharing a prefix share its states.
+fn hidden_state(token: &[u8], out: &mut Vec<f32>) {
+    let h = fnv(token, 0x5eed);
+    out.extend((0..HIDDEN_SIZE as u64).map(|j| {
+        let x = fnv(&j.to_le_bytes(), h);
+        (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    }));
+}
+
 fn fnv(bytes: &[u8], seed: u64) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
     for b in bytes {
@@ -538,6 +551,50 @@ impl Backend for SyntheticEngine {
             .zip(&plan)
             .map(|(s, p)| p.map(|_| s.pending))
             .collect())
+    }
+
+    /// Token states from the input's bytes (`bytes_per_token` per token) or ids, after the
+    /// prefill time of the timing model; no slot's history changes.
+    fn hidden_states(
+        &mut self,
+        req: &RunRequest,
+        abort: &AtomicBool,
+    ) -> Result<Vec<Option<Hidden>>, EngineError> {
+        let per = self.profile.output.bytes_per_token.max(1);
+        let out: Vec<Option<Hidden>> = req
+            .slots
+            .iter()
+            .map(|input| {
+                let tokens: Vec<Vec<u8>> = match input {
+                    SlotInput::Idle => return None,
+                    SlotInput::Prompt { text, .. } => {
+                        text.as_bytes().chunks(per).map(<[u8]>::to_vec).collect()
+                    }
+                    SlotInput::Tokens(ids) => {
+                        ids.iter().map(|t| t.to_le_bytes().to_vec()).collect()
+                    }
+                };
+                let mut states = Vec::with_capacity(tokens.len() * HIDDEN_SIZE);
+                tokens.iter().for_each(|t| hidden_state(t, &mut states));
+                Some(Hidden {
+                    states,
+                    embd_size: HIDDEN_SIZE,
+                    num_tokens: tokens.len(),
+                })
+            })
+            .collect();
+        if let Some(i) = out
+            .iter()
+            .position(|h| h.as_ref().is_some_and(|h| h.num_tokens == 0))
+        {
+            return Err(EngineError::InvalidInput(format!("slot {i}: empty prompt")));
+        }
+        let tokens: usize = out.iter().flatten().map(|h| h.num_tokens).sum();
+        let tps = self.profile.timing.prefill_tokens_per_second;
+        if tps > 0.0 {
+            Self::pause(tokens as f64 * 1000.0 / tps, Some(abort));
+        }
+        Ok(out)
     }
 
     fn prefill(&mut self, abort: &AtomicBool) -> Result<(), EngineError> {

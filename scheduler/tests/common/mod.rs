@@ -57,6 +57,7 @@ pub fn collect(mut s: RequestStream) -> Reply {
                 first.get_or_insert(at);
                 text.push_str(&t);
             }
+            Event::Embedding { .. } => {}
             Event::End {
                 reason,
                 completion_tokens,
