@@ -5,21 +5,11 @@
 mod common;
 
 use common::{model, start};
-use rkllm::Sampling;
 use scheduler::{Event, FinishReason, Request, RequestStream};
 use std::time::Instant;
 
 fn req(prompt: &str, max_tokens: u32) -> Request {
-    Request {
-        model: "m".into(),
-        prompt: prompt.into(),
-        prompt_ids: None,
-        prompt_tokens: prompt.len().div_ceil(4),
-        sampling: Sampling::greedy(),
-        max_tokens,
-        stop: vec![],
-        arrival: Instant::now(),
-    }
+    common::request("m", prompt, max_tokens)
 }
 
 /// The vector, and when the request ended.

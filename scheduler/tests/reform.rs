@@ -5,21 +5,11 @@
 mod common;
 
 use common::{collect, model, start, Reply};
-use rkllm::Sampling;
 use scheduler::{CutVia, FinishReason, Reform, Request};
 use std::time::{Duration, Instant};
 
 fn req(prompt: &str, max_tokens: u32) -> Request {
-    Request {
-        model: "m".into(),
-        prompt: prompt.into(),
-        prompt_ids: None,
-        prompt_tokens: prompt.len().div_ceil(4),
-        sampling: Sampling::greedy(),
-        max_tokens,
-        stop: vec![],
-        arrival: Instant::now(),
-    }
+    common::request("m", prompt, max_tokens)
 }
 
 /// 20 ms decode steps, prefill at 2,000 tokens/s.

@@ -13,16 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 fn req(model: &str, prompt: &str, max_tokens: u32) -> Request {
-    Request {
-        model: model.into(),
-        prompt: prompt.into(),
-        prompt_ids: None,
-        prompt_tokens: prompt.len().div_ceil(4),
-        sampling: Sampling::greedy(),
-        max_tokens,
-        stop: vec![],
-        arrival: Instant::now(),
-    }
+    common::request(model, prompt, max_tokens)
 }
 
 /// Text, end reason, completion tokens, and when the first text arrived.

@@ -4,7 +4,8 @@
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
-use scheduler::{Event, FinishReason, ModelConfig, RequestStream, Scheduler, Timings};
+use rkllm::Sampling;
+use scheduler::{Event, FinishReason, ModelConfig, Request, RequestStream, Scheduler, Timings};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -75,4 +76,19 @@ pub fn collect(mut s: RequestStream) -> Reply {
         }
     }
     panic!("stream ended without an End event");
+}
+
+/// A greedy request for `model`, its prompt counted as the synthetic engine counts (4 bytes a
+/// token).
+pub fn request(model: &str, prompt: &str, max_tokens: u32) -> Request {
+    Request {
+        model: model.into(),
+        prompt: prompt.into(),
+        prompt_ids: None,
+        prompt_tokens: prompt.len().div_ceil(4),
+        sampling: Sampling::greedy(),
+        max_tokens,
+        stop: vec![],
+        arrival: Instant::now(),
+    }
 }
