@@ -300,6 +300,17 @@ impl<'m> LlamaEngine<'m> {
         vocab.tokenize(text.as_bytes(), add_bos, true)
     }
 
+    /// Slot `i`'s token input, checked against the vocabulary.
+    fn token_ids(&self, i: usize, ids: &[i32]) -> Result<Vec<LlamaToken>, EngineError> {
+        let n_vocab = self.model.n_vocab();
+        if let Some(bad) = ids.iter().find(|&&t| t < 0 || t >= n_vocab) {
+            return Err(EngineError::InvalidInput(format!(
+                "slot {i}: token id {bad} is outside the vocabulary (0..{n_vocab})"
+            )));
+        }
+        Ok(ids.iter().map(|&t| LlamaToken(t)).collect())
+    }
+
     fn clear_slot(&mut self, i: usize) {
         let _ = self.ctx.clear_kv_cache_seq(Some(i as u32), None, None);
         self.slots[i].tokens.clear();
@@ -417,15 +428,7 @@ impl<'m> LlamaEngine<'m> {
                     .map_err(EngineError::InvalidInput)?;
                 self.tokenize(&wrapped, true)
             }
-            SlotInput::Tokens(ids) => {
-                let n_vocab = self.model.n_vocab();
-                if let Some(bad) = ids.iter().find(|&&t| t < 0 || t >= n_vocab) {
-                    return Err(EngineError::InvalidInput(format!(
-                        "slot {i}: token id {bad} is outside the vocabulary (0..{n_vocab})"
-                    )));
-                }
-                ids.iter().map(|&t| LlamaToken(t)).collect()
-            }
+            SlotInput::Tokens(ids) => self.token_ids(i, ids)?,
         };
         if tokens.is_empty() {
             return Err(EngineError::InvalidInput(format!("slot {i}: empty prompt")));
@@ -544,15 +547,7 @@ impl Backend for LlamaEngine<'_> {
                     .map_err(EngineError::InvalidInput)?;
                     self.tokenize(&wrapped, !continuing)
                 }
-                SlotInput::Tokens(ids) => {
-                    let n_vocab = self.model.n_vocab();
-                    if let Some(bad) = ids.iter().find(|&&t| t < 0 || t >= n_vocab) {
-                        return Err(EngineError::InvalidInput(format!(
-                            "slot {i}: token id {bad} is outside the vocabulary (0..{n_vocab})"
-                        )));
-                    }
-                    ids.iter().map(|&t| LlamaToken(t)).collect()
-                }
+                SlotInput::Tokens(ids) => self.token_ids(i, ids)?,
             };
             if tokens.is_empty() {
                 return Err(EngineError::InvalidInput(format!("slot {i}: empty prompt")));
