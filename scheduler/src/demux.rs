@@ -194,7 +194,7 @@ impl Demux {
         }
         match step.state() {
             StepState::Finish if self.cut.is_some() => {}
-            StepState::Finish => self.end_all(now),
+            StepState::Finish => self.finish(now),
             StepState::Error => self.fail_all(&Failure::new(
                 FailKind::RuntimeError,
                 "the runtime reported an error during the run",
@@ -303,18 +303,15 @@ impl Demux {
         }
     }
 
-    fn end_all(&mut self, now: Instant) {
+    /// Ends every open request as the runtime finished it: a FINISH step, or a run that
+    /// ended without reporting every slot's end (after an abort or pause).
+    pub fn finish(&mut self, now: Instant) {
         let (ctx, tel) = (self.context_len, self.tel.as_ref());
         for mut seq in self.slots.iter_mut().filter_map(Option::take) {
             seq.flush(now);
             let r = seq.natural_end(ctx);
             seq.end(r, tel, now);
         }
-    }
-
-    /// The run ended without reporting every slot's end (FINISH after an abort or pause).
-    pub fn finish(&mut self, now: Instant) {
-        self.end_all(now);
     }
 
     /// After a cut: the sequences still generating, by slot, to go on in the next run.
