@@ -5,44 +5,15 @@
 //!
 //! `cargo build --release && cargo bench -p rkserve-benches --bench server_embeddings`
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use rkserve_benches::{workspace, Server};
 use std::time::{Duration, Instant};
 
 const MODEL: &str = "smollm2-135m-instruct";
 const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-struct Server {
-    child: Child,
-    url: String,
-    _dir: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self._dir);
-    }
-}
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts rkserve on a directory linking the default model, with a 512-token context (the
 /// passages are short; a small context keeps the KV cache small).
 fn start() -> Server {
-    let bin = workspace().join("target/release/rkserve");
-    assert!(bin.is_file(), "run cargo build --release first");
     let model = workspace().join("models").join(FILE);
     let model = model
         .canonicalize()
@@ -56,48 +27,11 @@ fn start() -> Server {
         "context_len = 512\n",
     )
     .unwrap();
-    std::fs::write(
-        dir.join("rkserve.toml"),
-        format!(
-            "[models]\npreload = [\"{MODEL}\"]\nfetch_default_model = false\n\
-             [scheduler]\nn_batch = 8\n"
-        ),
-    )
-    .unwrap();
-    let port = free_port();
-    let child = Command::new(bin)
-        .args(["--config", dir.join("rkserve.toml").to_str().unwrap()])
-        .args(["--models-dir", dir.join("models").to_str().unwrap()])
-        .args(["--port", &port.to_string()])
-        .env("RKSERVE_LOG", "warn")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Server {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while Instant::now() < deadline {
-        if ready(&server.url) {
-            return server;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("rkserve did not become ready");
-}
-
-/// GET /ready over plain TCP: 200 once the model can serve.
-fn ready(url: &str) -> bool {
-    use std::io::{Read, Write};
-    let addr = url.trim_start_matches("http://");
-    let Ok(mut c) = std::net::TcpStream::connect(addr) else {
-        return false;
-    };
-    let _ = write!(c, "GET /ready HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    let mut head = [0u8; 12];
-    c.read_exact(&mut head).is_ok() && head.ends_with(b"200")
+    let config = format!(
+        "[models]\npreload = [\"{MODEL}\"]\nfetch_default_model = false\n\
+         [scheduler]\nn_batch = 8\n"
+    );
+    Server::start(&dir, &config, Duration::from_secs(120))
 }
 
 fn passage(i: usize) -> String {

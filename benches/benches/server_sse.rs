@@ -6,83 +6,19 @@
 //! `cargo build --release && cargo bench -p rkserve-benches --bench server_sse`
 
 use futures_util::StreamExt;
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use rkserve_benches::{workspace, Server};
 use std::time::{Duration, Instant};
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Starts rkserve serving one synthetic profile, `model` (the file holds `profile`).
 fn start(model: &str, profile: &str) -> Server {
-    let bin = workspace().join("target/release/rkserve");
-    assert!(bin.is_file(), "run cargo build --release first");
     let dir = std::env::temp_dir().join(format!("rkserve-bench-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("models")).unwrap();
     std::fs::write(dir.join(format!("models/{model}.toml")), profile).unwrap();
-    let mut cfg = std::fs::File::create(dir.join("rkserve.toml")).unwrap();
-    write!(
-        cfg,
+    let config = format!(
         "[models]\npreload = [\"{model}\"]\nfetch_default_model = false\n\
          [scheduler]\nn_batch = 8\nmax_queue = 2000\nbatch_window = \"0ms\"\n"
-    )
-    .unwrap();
-    let port = free_port();
-    let child = Command::new(bin)
-        .args(["--config", dir.join("rkserve.toml").to_str().unwrap()])
-        .args(["--models-dir", dir.join("models").to_str().unwrap()])
-        .args(["--port", &port.to_string()])
-        .env("RKSERVE_LOG", "warn")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Owned at once, so that Drop kills it on every path, the panic below included.
-    let server = Server {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if ready(&server.url) {
-            return server;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("rkserve did not become ready");
-}
-
-/// GET /ready over plain TCP: 200 once a model can serve.
-fn ready(url: &str) -> bool {
-    use std::io::Read;
-    let addr = url.trim_start_matches("http://");
-    let Ok(mut c) = std::net::TcpStream::connect(addr) else {
-        return false;
-    };
-    let _ = write!(c, "GET /ready HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    let mut head = [0u8; 12];
-    c.read_exact(&mut head).is_ok() && head.ends_with(b"200")
+    );
+    Server::start(&dir, &config, Duration::from_secs(30))
 }
 
 fn body(model: &str, max_tokens: u32, i: usize) -> serde_json::Value {
@@ -156,7 +92,7 @@ async fn sse_throughput() {
 async fn open_streams() {
     // Slow decode, so that streams stay open while they are counted.
     let server = start("slow", "[timing]\ndecode_step_ms = 50.0\n");
-    let pid = server.child.id();
+    let pid = server.pid();
     let idle = rss_mb(pid);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
