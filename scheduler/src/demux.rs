@@ -336,6 +336,7 @@ mod tests {
             id: 0,
             key: BatchKey::of(&Sampling::default()),
             tx,
+            choices: None,
             req: Request {
                 model: "m".into(),
                 prompt: "p".into(),

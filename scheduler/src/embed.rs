@@ -8,7 +8,7 @@
 use crate::instance::{Instance, InstanceState};
 use crate::model::Model;
 use crate::queue::Pending;
-use crate::records::{Outcome, RequestRecord, RunRecord};
+use crate::records::{counted, Outcome, RequestRecord, RunRecord};
 use crate::request::{Event, Failure, FinishReason, Timings};
 use crate::telemetry::FailKind;
 use rkllm::{Flow, Handle, HiddenStates, InferMode, InferParams, Input, RunOutcome, StepState};
@@ -153,6 +153,7 @@ pub(crate) fn run(
         tel.request(RequestRecord {
             model: tel.model.clone(),
             outcome,
+            counted: counted(p.choices.as_deref(), outcome),
             prompt_tokens: p.req.prompt_tokens as u32,
             completion_tokens: 0,
             queue,

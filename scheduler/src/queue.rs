@@ -1,10 +1,12 @@
 //! A model's waiting requests, in arrival order, and how an instance takes its next batch.
 
 use crate::policy::{Decision, Policy, Waiting};
+use crate::records::{counted, Choices};
 use crate::request::{BatchKey, Event, Failure, FinishReason, Request, Timings};
 use crate::telemetry::{FailKind, ModelTelemetry, Outcome, RequestRecord};
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -14,6 +16,8 @@ pub struct Pending {
     pub req: Request,
     pub key: BatchKey,
     pub tx: UnboundedSender<Event>,
+    /// The other choices of its API request, when it has several.
+    pub choices: Option<Arc<Choices>>,
 }
 
 impl Pending {
@@ -37,6 +41,7 @@ impl Pending {
         tel.request(RequestRecord {
             model: tel.model.clone(),
             outcome: Outcome::Failed(kind),
+            counted: counted(self.choices.as_deref(), Outcome::Failed(kind)),
             prompt_tokens: self.req.prompt_tokens as u32,
             completion_tokens: 0,
             queue: waited,

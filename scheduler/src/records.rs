@@ -2,6 +2,8 @@
 //! request and per run.
 
 use crate::request::{FailKind, FinishReason};
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,11 +24,56 @@ impl Outcome {
     }
 }
 
+/// The choices of one API request (its `n` completions, or an embedding request's inputs).
+/// Each is scheduled and ends on its own, but the client made one request: its outcome is
+/// counted once, when the last choice ends.
+#[derive(Debug)]
+pub struct Choices {
+    left: AtomicUsize,
+    outcome: Mutex<Option<Outcome>>,
+}
+
+impl Choices {
+    pub fn new(n: usize) -> Arc<Choices> {
+        Arc::new(Choices {
+            left: AtomicUsize::new(n),
+            outcome: Mutex::new(None),
+        })
+    }
+
+    /// One choice ended with `o`; the request's outcome when it was the last. The first
+    /// failure is what the client saw (the others are cancelled because of it); a request
+    /// any of whose choices ran out of tokens finished by length.
+    fn end(&self, o: Outcome) -> Option<Outcome> {
+        let mut acc = self.outcome.lock();
+        *acc = Some(match (*acc, o) {
+            (None, o) => o,
+            (Some(Outcome::Failed(k)), _) | (Some(_), Outcome::Failed(k)) => Outcome::Failed(k),
+            (Some(Outcome::Length), _) | (_, Outcome::Length) => Outcome::Length,
+            _ => Outcome::Stop,
+        });
+        (self.left.fetch_sub(1, Ordering::AcqRel) == 1).then_some((*acc)?)
+    }
+}
+
+/// What a choice ending with `o` counts for its request: `o` itself for a request of one
+/// choice, the whole request's outcome for the last of several, nothing for the others.
+pub fn counted(choices: Option<&Choices>, o: Outcome) -> Option<Outcome> {
+    match choices {
+        None => Some(o),
+        Some(c) => c.end(o),
+    }
+}
+
 /// One request's measurements, sent when it ends.
 #[derive(Debug)]
 pub struct RequestRecord {
     pub model: Arc<str>,
+    /// How this choice ended (its latencies are kept only if it succeeded).
     pub outcome: Outcome,
+    /// The API request's outcome, on the record of its last choice to end: what the
+    /// success and failure counters count.
+    pub counted: Option<Outcome>,
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     /// Arrival to the start of its run (or to its end, if it never ran).
@@ -59,4 +106,25 @@ pub struct RunRecord {
     pub resumed_prefill_tokens: u64,
     /// The runtime's reported memory (VmHWM on the CPU runtime).
     pub memory_bytes: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_of_several_choices_is_counted_once_by_its_first_failure() {
+        let c = Choices::new(3);
+        let failed = Outcome::Failed(FailKind::RuntimeError);
+        assert_eq!(counted(Some(&c), Outcome::Stop), None);
+        assert_eq!(counted(Some(&c), failed), None);
+        assert_eq!(
+            counted(Some(&c), Outcome::Failed(FailKind::Cancelled)),
+            Some(failed)
+        );
+        let c = Choices::new(2);
+        assert_eq!(counted(Some(&c), Outcome::Length), None);
+        assert_eq!(counted(Some(&c), Outcome::Stop), Some(Outcome::Length));
+        assert_eq!(counted(None, Outcome::Stop), Some(Outcome::Stop));
+    }
 }

@@ -8,6 +8,7 @@ use crate::instance::{Instance, InstanceState};
 use crate::model::{Model, Shared};
 use crate::policy::Policy;
 use crate::queue::{sweep, Pending, Queue};
+use crate::records::Choices;
 use crate::request::{BatchKey, Failure, Request, RequestStream};
 use crate::snapshot::{InstanceSnapshot, ModelSnapshot, ModelStatus};
 use crate::stats::{LatencyStats, ModelSummary};
@@ -225,6 +226,7 @@ impl Scheduler {
             });
         }
         let mut streams = Vec::with_capacity(reqs.len());
+        let choices = (reqs.len() > 1).then(|| Choices::new(reqs.len()));
         for req in reqs {
             let (tx, rx) = unbounded_channel();
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -234,6 +236,7 @@ impl Scheduler {
                 key: key_of(&req),
                 req,
                 tx,
+                choices: choices.clone(),
             });
             streams.push(RequestStream { rx, id });
         }

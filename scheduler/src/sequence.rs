@@ -3,10 +3,12 @@
 //! matcher's held-back text and its timings go on into the next run, which continues it.
 
 use crate::queue::Pending;
+use crate::records::{counted, Choices};
 use crate::request::{BatchKey, Event, FinishReason, Request, Timings};
 use crate::stop::StopMatcher;
 use crate::telemetry::{ModelTelemetry, Outcome, RequestRecord};
 use rkllm::{Input, Sampling};
+use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -16,6 +18,7 @@ pub struct Sequence {
     pub key: BatchKey,
     pub sampling: Sampling,
     tx: UnboundedSender<Event>,
+    choices: Option<Arc<Choices>>,
     stop: StopMatcher,
     pub max_tokens: u32,
     prompt: String,
@@ -49,7 +52,9 @@ impl Sequence {
         keep_output: bool,
         telemetry: bool,
     ) -> Sequence {
-        Sequence::new(p.id, p.req, p.tx, started, keep_output, telemetry)
+        let mut s = Sequence::new(p.id, p.req, p.tx, started, keep_output, telemetry);
+        s.choices = p.choices;
+        s
     }
 
     /// A request whose first run starts at `started`; its events go to `tx`.
@@ -67,6 +72,7 @@ impl Sequence {
             key: BatchKey::of(&req.sampling),
             sampling: req.sampling,
             tx,
+            choices: None,
             stop: StopMatcher::new(req.stop),
             max_tokens: req.max_tokens,
             prompt_tokens: req.prompt_tokens,
@@ -202,6 +208,7 @@ impl Sequence {
         tel.request(RequestRecord {
             model: tel.model.clone(),
             outcome,
+            counted: counted(self.choices.as_deref(), outcome),
             prompt_tokens: self.prompt_tokens as u32,
             completion_tokens: self.generated,
             queue: t.queue,

@@ -38,12 +38,17 @@ impl Set {
 
     fn record(&mut self, r: &RequestRecord) {
         let us = |d: Duration| (d.as_micros() as u64).clamp(1, MAX_US);
-        if let Outcome::Failed(kind) = r.outcome {
-            self.failed += 1;
-            *self.failures.entry(kind).or_default() += 1;
+        match r.counted {
+            Some(Outcome::Failed(kind)) => {
+                self.failed += 1;
+                *self.failures.entry(kind).or_default() += 1;
+            }
+            Some(_) => self.requests += 1,
+            None => {}
+        }
+        if matches!(r.outcome, Outcome::Failed(_)) {
             return;
         }
-        self.requests += 1;
         if let Some(t) = r.ttft {
             let _ = self.ttft.record(us(t));
         }
@@ -218,6 +223,7 @@ mod tests {
         RequestRecord {
             model: model.into(),
             outcome,
+            counted: Some(outcome),
             prompt_tokens: 5,
             completion_tokens: itl_ms.len() as u32 + 1,
             queue: Duration::ZERO,

@@ -149,17 +149,18 @@ pub fn count_failure(model: &str, kind: FailKind, n: u64) {
 
 fn record_request(r: &RequestRecord) {
     let model = r.model.to_string();
-    match r.outcome {
-        Outcome::Stop | Outcome::Length => {
-            let reason = if r.outcome == Outcome::Stop {
-                "stop"
-            } else {
-                "length"
-            };
-            counter!(SUCCESS, "model" => model.clone(), "finished_reason" => reason).increment(1);
-            histogram!(E2E, "model" => model.clone()).record(r.e2e.as_secs_f64());
+    match r.counted {
+        Some(Outcome::Stop) => {
+            counter!(SUCCESS, "model" => model.clone(), "finished_reason" => "stop").increment(1)
         }
-        Outcome::Failed(kind) => count_failure(&model, kind, 1),
+        Some(Outcome::Length) => {
+            counter!(SUCCESS, "model" => model.clone(), "finished_reason" => "length").increment(1)
+        }
+        Some(Outcome::Failed(kind)) => count_failure(&model, kind, 1),
+        None => {}
+    }
+    if !matches!(r.outcome, Outcome::Failed(_)) {
+        histogram!(E2E, "model" => model.clone()).record(r.e2e.as_secs_f64());
     }
     // Latency distributions describe requests that ran: one refused at the door has none.
     if r.ttft.is_none() && matches!(r.outcome, Outcome::Failed(_)) {

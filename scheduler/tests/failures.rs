@@ -90,14 +90,23 @@ fn a_runtime_error_is_runtime_and_each_request_counts_once() {
         "[faults]\nerror_after_tokens = 3\n[timing]\ndecode_step_ms = 2.0\n",
         4,
     )]);
-    let streams = s
-        .submit_all((0..4).map(|i| req("m", &format!("p{i}"), 10)).collect())
-        .unwrap();
+    // Four requests, and one request of four choices: each request counts once.
+    let streams: Vec<_> = (0..4)
+        .map(|i| s.submit(req("m", &format!("p{i}"), 10)).unwrap())
+        .collect();
     for st in streams {
         assert_eq!(failure(st).kind, FailKind::RuntimeError);
     }
     let (_, failures) = counts(&s, "m", 4);
     assert_eq!(failures, BTreeMap::from([(FailKind::RuntimeError, 4)]));
+    let choices = s
+        .submit_all((0..4).map(|i| req("m", &format!("c{i}"), 10)).collect())
+        .unwrap();
+    for st in choices {
+        assert_eq!(failure(st).kind, FailKind::RuntimeError);
+    }
+    let (_, failures) = counts(&s, "m", 5);
+    assert_eq!(failures, BTreeMap::from([(FailKind::RuntimeError, 5)]));
 }
 
 #[test]
@@ -143,7 +152,12 @@ fn a_prompt_with_nul_fails_alone_and_its_batch_runs() {
     let s = start(vec![model("m", "[timing]\ndecode_step_ms = 5.0\n", 4)]);
     let mut reqs: Vec<Request> = (0..4).map(|i| req("m", &format!("ok {i}"), 3)).collect();
     reqs[1].prompt = "bad \u{0} prompt".into();
-    let mut streams = s.submit_all(reqs).unwrap().into_iter();
+    // Separate requests (the choices of one request would count as one).
+    let mut streams = reqs
+        .into_iter()
+        .map(|r| s.submit(r).unwrap())
+        .collect::<Vec<_>>()
+        .into_iter();
     let a = streams.next().unwrap();
     let bad = streams.next().unwrap();
     let rest: Vec<_> = streams.collect();

@@ -1,0 +1,175 @@
+//! Each request's outcome is counted once, under the kind the client saw: a mix of runtime
+//! errors (streamed and not), overload (n = 1 and n = 4), queue-wait timeouts and a
+//! cancellation, and the failure counters in /metrics equal the clients' own tally.
+
+mod common;
+
+use common::{post_json, Server, SseLines};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// The value of `rkserve_request_failure_total{model, kind}` (0 when absent).
+fn failures(text: &str, model: &str, kind: &str) -> f64 {
+    let want_model = format!("model=\"{model}\"");
+    let want_kind = format!("kind=\"{kind}\"");
+    text.lines()
+        .filter(|l| l.starts_with("rkserve_request_failure_total{"))
+        .filter(|l| l.contains(&want_model) && l.contains(&want_kind))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn metrics(s: &Server) -> String {
+    reqwest::get(s.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+fn completion(model: &str, max_tokens: u32) -> Value {
+    json!({"model": model, "prompt": "count with me", "max_tokens": max_tokens})
+}
+
+/// What a client saw, by the status it got (each status has one meaning in this test).
+fn kind_of(status: u16) -> &'static str {
+    match status {
+        200 => "success",
+        429 => "overloaded",
+        503 => "timeout",
+        500 => "runtime_error",
+        other => panic!("unexpected status {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_counters_equal_what_the_clients_saw() {
+    let s = Server::start_synthetic(
+        &[
+            (
+                "flaky",
+                "[timing]\ndecode_step_ms = 2.0\n[faults]\nerror_after_tokens = 3\n",
+            ),
+            ("slow", "[timing]\ndecode_step_ms = 50.0\n"),
+        ],
+        &common::config(
+            &["flaky", "slow"],
+            "[scheduler]\nn_batch = 4\nmax_queue = 2\nmax_queue_wait = \"600ms\"\n",
+        ),
+        &[],
+    )
+    .await;
+    let url = s.url("/v1/completions");
+    // (model, kind) -> requests the clients saw end that way.
+    let mut seen: BTreeMap<(&str, &'static str), u32> = BTreeMap::new();
+
+    // Runtime errors: three answered with 500, one after its stream began.
+    for _ in 0..3 {
+        let r = post_json(&url, &completion("flaky", 20)).await;
+        *seen.entry(("flaky", kind_of(r.status))).or_default() += 1;
+    }
+    let r = reqwest::Client::new()
+        .post(&url)
+        .json(&json!({"model": "flaky", "prompt": "go", "max_tokens": 20, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut lines = SseLines::new(r);
+    let mut errored = false;
+    while let Some(data) = lines.next_data().await {
+        if data == "[DONE]" {
+            break;
+        }
+        let v: Value = serde_json::from_str(&data).unwrap();
+        errored |= v.get("error").is_some();
+    }
+    assert!(errored, "the stream carries the runtime error as an event");
+    *seen.entry(("flaky", "runtime_error")).or_default() += 1;
+
+    // Slow's four slots are taken by one long stream of four choices; two requests queue and
+    // time out; two more (one asking for four choices) find the queue full.
+    let running = reqwest::Client::new()
+        .post(&url)
+        .json(&json!({"model": "slow", "prompt": "go", "max_tokens": 1000, "stream": true, "n": 4}))
+        .send()
+        .await
+        .unwrap();
+    let mut running = SseLines::new(running);
+    running.next_data().await.expect("the long request runs");
+    let queued: Vec<_> = (0..2)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { post_json(&url, &completion("slow", 2)).await })
+        })
+        .collect();
+    let t = Instant::now();
+    while s.loaded("slow").await["waiting"] != 2 {
+        assert!(t.elapsed() < Duration::from_secs(10), "nothing queued");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for body in [
+        completion("slow", 2),
+        json!({"model": "slow", "prompt": "go", "max_tokens": 2, "n": 4}),
+    ] {
+        let r = post_json(&url, &body).await;
+        assert_eq!(r.status, 429, "{r:?}");
+        *seen.entry(("slow", "overloaded")).or_default() += 1;
+    }
+    for q in queued {
+        let r = q.await.unwrap();
+        assert_eq!(r.status, 503, "the queue wait ran out: {r:?}");
+        *seen.entry(("slow", kind_of(r.status))).or_default() += 1;
+    }
+    // The long request's client leaves: one request, one cancellation, whatever its n.
+    drop(running);
+    *seen.entry(("slow", "cancelled")).or_default() += 1;
+
+    let kinds = [
+        "overloaded",
+        "cancelled",
+        "timeout",
+        "runtime_error",
+        "bad_request",
+        "unavailable",
+    ];
+    let expected = |model: &str, kind: &str| -> f64 {
+        seen.iter()
+            .filter(|((m, k), _)| *m == model && *k == kind)
+            .map(|(_, n)| f64::from(*n))
+            .sum()
+    };
+    // The cancellation is counted once the server notices the closed connection.
+    let t = Instant::now();
+    let text = loop {
+        let text = metrics(&s).await;
+        if failures(&text, "slow", "cancelled") >= 1.0 || t.elapsed() > Duration::from_secs(10) {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for model in ["flaky", "slow"] {
+        for kind in kinds {
+            assert_eq!(
+                failures(&text, model, kind),
+                expected(model, kind),
+                "{model}/{kind}: clients saw {seen:?}\n{text}"
+            );
+        }
+    }
+    // Nothing else is counted later (a failure counted twice shows up late, from the
+    // instance thread).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = metrics(&s).await;
+    for model in ["flaky", "slow"] {
+        for kind in kinds {
+            assert_eq!(
+                failures(&again, model, kind),
+                failures(&text, model, kind),
+                "{model}/{kind} changed after every request had ended"
+            );
+        }
+    }
+}
