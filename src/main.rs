@@ -1,7 +1,7 @@
 //! `rkserve`: with no configuration it serves the default model on the CPU runtime built
 //! next to it; see config/rkserve.toml for everything else.
 
-use actix_web::{middleware, web, App, HttpServer};
+use actix_web::{web, App, HttpServer};
 use clap::Parser;
 use rkserve::api::{self, AppState};
 use rkserve::catalog::Catalog;
@@ -15,6 +15,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in log files and journals.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // Before anything records: the scheduler's telemetry goes to this exporter.
     let exporter = match rkserve::exporter::Exporter::install() {
@@ -102,7 +104,8 @@ fn main() -> ExitCode {
                 .wrap(actix_web::middleware::from_fn(api::auth))
                 // Outside auth: a browser's preflight carries no credentials.
                 .wrap(api::cors(&origins))
-                .wrap(middleware::Logger::new("%r %s %Dms").log_target("rkserve::http"))
+                // Outermost: every line a request causes, refusals included, carries its id.
+                .wrap(actix_web::middleware::from_fn(api::trace))
                 .configure(api::routes)
         })
         .on_connect(api::disconnect::on_connect)

@@ -173,3 +173,62 @@ async fn failure_counters_equal_what_the_clients_saw() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_line_a_request_causes_carries_its_id() {
+    let s = Server::start_synthetic(
+        &[(
+            "flaky",
+            "[timing]\ndecode_step_ms = 2.0\n[faults]\nerror_after_tokens = 3\n",
+        )],
+        &common::config(&["flaky"], ""),
+        &[],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    // The client's own id is kept and answered.
+    let r = client
+        .post(s.url("/v1/completions"))
+        .header("x-request-id", "trace-me-42")
+        .json(&completion("flaky", 20))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    assert_eq!(r.headers()["x-request-id"], "trace-me-42");
+    // Without one (or with one a log line could be forged with), the server makes one.
+    let r = client
+        .get(s.url("/health"))
+        .header("x-request-id", "a b\"c")
+        .send()
+        .await
+        .unwrap();
+    let made = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(made.len(), 16, "{made}");
+    assert_ne!(made, "a b\"c");
+
+    let t = Instant::now();
+    let log = loop {
+        let log = s.log();
+        if log.contains(&format!("request{{id={made}}}")) || t.elapsed() > Duration::from_secs(5) {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let tagged = |id: &str| -> Vec<&str> {
+        log.lines()
+            .filter(|l| l.contains(&format!("request{{id={id}}}")))
+            .collect()
+    };
+    let mine = tagged("trace-me-42");
+    // The runtime error, logged on the instance's thread, and the access line.
+    assert!(
+        mine.iter().any(|l| l.contains("runtime_error")),
+        "the failure line carries the id:\n{log}"
+    );
+    assert!(
+        mine.iter().any(|l| l.contains("POST /v1/completions 500")),
+        "the access line carries the id:\n{log}"
+    );
+    assert!(tagged(&made).iter().any(|l| l.contains("GET /health 200")));
+}

@@ -337,6 +337,7 @@ mod tests {
             key: BatchKey::of(&Sampling::default()),
             tx,
             choices: None,
+            span: tracing::Span::none(),
             req: Request {
                 model: "m".into(),
                 prompt: "p".into(),

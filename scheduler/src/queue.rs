@@ -18,6 +18,9 @@ pub struct Pending {
     pub tx: UnboundedSender<Event>,
     /// The other choices of its API request, when it has several.
     pub choices: Option<Arc<Choices>>,
+    /// The span it was submitted in (the server's request id), for the lines it causes on
+    /// the instance's thread.
+    pub span: tracing::Span,
 }
 
 impl Pending {
@@ -25,7 +28,9 @@ impl Pending {
     pub fn fail(self, failure: Failure, tel: &ModelTelemetry) {
         let waited = self.req.arrival.elapsed();
         self.record(failure.kind, waited, tel);
-        tracing::debug!(request = self.id, model = %tel.model, kind = %failure.kind, "{}", failure.message);
+        self.span.in_scope(|| {
+            tracing::info!(request = self.id, model = %tel.model, kind = %failure.kind, "{}", failure.message)
+        });
         let _ = self.tx.send(Event::End {
             reason: FinishReason::Error(failure),
             prompt_tokens: self.req.prompt_tokens as u32,

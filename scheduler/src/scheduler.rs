@@ -237,6 +237,7 @@ impl Scheduler {
                 req,
                 tx,
                 choices: choices.clone(),
+                span: tracing::Span::current(),
             });
             streams.push(RequestStream { rx, id });
         }

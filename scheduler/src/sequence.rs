@@ -19,6 +19,8 @@ pub struct Sequence {
     pub sampling: Sampling,
     tx: UnboundedSender<Event>,
     choices: Option<Arc<Choices>>,
+    /// The span it was submitted in: the server's request id.
+    span: tracing::Span,
     stop: StopMatcher,
     pub max_tokens: u32,
     prompt: String,
@@ -54,6 +56,7 @@ impl Sequence {
     ) -> Sequence {
         let mut s = Sequence::new(p.id, p.req, p.tx, started, keep_output, telemetry);
         s.choices = p.choices;
+        s.span = p.span;
         s
     }
 
@@ -73,6 +76,7 @@ impl Sequence {
             sampling: req.sampling,
             tx,
             choices: None,
+            span: tracing::Span::none(),
             stop: StopMatcher::new(req.stop),
             max_tokens: req.max_tokens,
             prompt_tokens: req.prompt_tokens,
@@ -227,6 +231,16 @@ impl Sequence {
     pub fn end(mut self, reason: FinishReason, tel: Option<&ModelTelemetry>, now: Instant) {
         let timings = self.timings();
         self.record(tel, Outcome::of(&reason), now);
+        self.span.in_scope(|| match &reason {
+            FinishReason::Error(f) => {
+                tracing::info!(request = self.id, kind = %f.kind, "{}", f.message)
+            }
+            done => tracing::debug!(
+                request = self.id,
+                tokens = self.generated,
+                "finished: {done:?}"
+            ),
+        });
         let _ = self.tx.send(Event::End {
             reason,
             prompt_tokens: self.prompt_tokens as u32,

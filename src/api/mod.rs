@@ -17,12 +17,14 @@ mod ollama_models;
 mod openai;
 mod prompt;
 mod request;
+mod request_id;
 mod sse;
 mod stats;
 mod structured;
 
 pub use admission::admit;
 pub use cors::cors;
+pub use request_id::trace;
 
 use crate::catalog::Catalog;
 use actix_web::body::{EitherBody, MessageBody};
