@@ -236,7 +236,14 @@ impl Engine for Worker {
                         self.send(&Command::Pause)?;
                     }
                 }
-                Reply::RunEnd(o) => return Ok(o),
+                Reply::RunEnd(o) => {
+                    // Where sampling is fixed per handle, the worker re-initialised its
+                    // handle for this run's (as InProcess does): that is the handle's now.
+                    if let (Some(_), Some(s)) = (self.handle_sampling, params.sampling) {
+                        self.handle_sampling = Some(s);
+                    }
+                    return Ok(o);
+                }
                 Reply::Failed(m) => return Err(Error::Worker(m)),
                 other => return Err(self.broken(&format!("unexpected reply in a run: {other:?}"))),
             }
