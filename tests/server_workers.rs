@@ -247,6 +247,15 @@ fn workers_of(pid: u32) -> Vec<u32> {
     out
 }
 
+/// Waits (a killed worker is reaped within moments) until the server has `n` workers.
+async fn expect_workers(s: &Server, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while workers_of(s.pid()).len() != n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(workers_of(s.pid()).len(), n, "{}", s.log());
+}
+
 fn count(dir: String) -> usize {
     std::fs::read_dir(dir).map_or(0, |d| d.count())
 }
@@ -285,11 +294,7 @@ async fn a_hang_at_destroy_is_killed_after_the_deadline() {
     assert!(started.elapsed() < Duration::from_secs(20));
     steady_serves(&s).await;
     // The hung worker was killed and reaped: no third process.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while workers_of(s.pid()).len() != 2 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(workers_of(s.pid()).len(), 2, "{}", s.log());
+    expect_workers(&s, 2).await;
     assert!(s.log().contains("the worker was killed"), "{}", s.log());
 }
 
@@ -312,11 +317,7 @@ async fn a_stalled_run_is_killed_and_the_instance_serves_again() {
     let r = openai(&s, "stall", 2).await;
     assert_serves(&r);
     // The stuck worker was killed, not left behind.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while workers_of(s.pid()).len() != 2 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(workers_of(s.pid()).len(), 2, "{}", s.log());
+    expect_workers(&s, 2).await;
     assert!(s.log().contains("SIGKILL"), "{}", s.log());
 }
 
