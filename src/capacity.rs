@@ -89,6 +89,11 @@ mod tests {
                         InstanceState::Running { slots } => slots * 50,
                         _ => 0,
                     },
+                    n_batch: 8,
+                    fallback: None,
+                    restarts: 0,
+                    rss_bytes: None,
+                    peak_rss_bytes: None,
                 })
                 .collect(),
         }

@@ -8,6 +8,7 @@
 //! a load; async callers run them through `web::block`. [`Catalog::try_acquire`],
 //! [`Catalog::entries`] and [`Catalog::known_name`] never block.
 
+use crate::config::IsolationMode;
 use crate::config::{Config, Models, DEFAULT_MODEL, DEFAULT_MODEL_FILE};
 use crate::duration::KeepAlive;
 use crate::models::{Lease, ModelManager};
@@ -15,7 +16,7 @@ use crate::registry::{self, ModelEntry, ModelKind};
 use crate::tokenizer::Tokenizer;
 use chat_template::ChatTemplate;
 use parking_lot::{Mutex, RwLock};
-use scheduler::{ModelConfig, ModelStatus, Scheduler};
+use scheduler::{Isolation, ModelConfig, ModelStatus, Scheduler};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -324,6 +325,17 @@ impl Catalog {
         m.cpus = (!sc.cpus.is_empty()).then(|| sc.cpus.clone());
         m.pooling = s.pooling;
         m.release_hidden_states = self.cfg.runtime.release_hidden_states;
+        m.restart_backoff = sc.restart_backoff;
+        m.isolation = match self.cfg.runtime.isolation {
+            IsolationMode::InProcess => Isolation::InProcess,
+            // The workers are this executable, run as `rkserve worker`.
+            IsolationMode::Process => Isolation::Process {
+                exe: std::env::current_exe().map_err(|e| CatalogError::Invalid {
+                    model: s.entry.name.clone(),
+                    reason: format!("cannot find rkserve's executable to start workers: {e}"),
+                })?,
+            },
+        };
         Ok(m)
     }
 

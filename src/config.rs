@@ -90,6 +90,31 @@ pub struct Runtime {
     /// the hidden states. Absent: on ABI 1.3 (Rockchip's 1.3.0 frees them so; earlier runtimes
     /// leaked them), never on 1.2. A board must confirm 1.3.0's behaviour.
     pub release_hidden_states: Option<bool>,
+    /// Where the runtime runs: `process` (a worker process per instance, so a crash in the
+    /// runtime ends that instance, which restarts) or `in-process`.
+    #[serde(deserialize_with = "de_parse")]
+    pub isolation: IsolationMode,
+}
+
+/// `runtime.isolation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IsolationMode {
+    #[default]
+    Process,
+    InProcess,
+}
+
+impl std::str::FromStr for IsolationMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "process" => Ok(IsolationMode::Process),
+            "in-process" => Ok(IsolationMode::InProcess),
+            other => Err(format!(
+                "isolation must be \"process\" or \"in-process\", not {other:?}"
+            )),
+        }
+    }
 }
 
 fn de_abi<'de, D: serde::Deserializer<'de>>(d: D) -> Result<AbiFamily, D::Error> {
@@ -152,6 +177,9 @@ pub struct Scheduler {
     pub stall_timeout: Duration,
     #[serde(deserialize_with = "duration::de")]
     pub destroy_timeout: Duration,
+    /// The first wait before an instance whose worker died starts a new one (doubling).
+    #[serde(deserialize_with = "duration::de")]
+    pub restart_backoff: Duration,
     pub cpus: Vec<usize>,
     pub default_context_len: usize,
     #[serde(deserialize_with = "de_parse")]
@@ -173,6 +201,7 @@ impl Default for Scheduler {
             starvation_bound: m.starvation_bound,
             stall_timeout: m.stall_timeout,
             destroy_timeout: m.destroy_timeout,
+            restart_backoff: m.restart_backoff,
             cpus: vec![],
             default_context_len: m.context_len,
             reform: m.reform,
@@ -204,6 +233,9 @@ pub struct Cli {
     pub runtime_lib: Option<PathBuf>,
     #[arg(long, env = "RKSERVE_RUNTIME_ABI")]
     pub runtime_abi: Option<AbiFamily>,
+    /// `process` (default: each instance's runtime in a worker process) or `in-process`.
+    #[arg(long, env = "RKSERVE_ISOLATION")]
+    pub isolation: Option<IsolationMode>,
     /// Comma-separated API keys.
     #[arg(long, env = "RKSERVE_API_KEYS", value_delimiter = ',')]
     pub api_keys: Option<Vec<String>>,
@@ -270,6 +302,9 @@ impl Config {
         }
         if let Some(l) = &cli.runtime_lib {
             cfg.runtime.lib = l.clone();
+        }
+        if let Some(i) = cli.isolation {
+            cfg.runtime.isolation = i;
         }
         if let Some(a) = cli.runtime_abi {
             cfg.runtime.abi = a;

@@ -9,6 +9,19 @@ use rkserve::config::{Cli, Config};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // `rkserve worker`: one instance's runtime, driven by the server over its stdin.
+    if std::env::args().nth(1).as_deref() == Some(worker::WORKER_ARG) {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("RKSERVE_LOG")
+                    .unwrap_or_else(|_| "info".into()),
+            )
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .without_time()
+            .init();
+        return ExitCode::from(worker::child_main().clamp(0, 255) as u8);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RKSERVE_LOG")

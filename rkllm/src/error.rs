@@ -45,4 +45,20 @@ pub enum Error {
     CallFailed { function: &'static str, code: i32 },
     #[error("the step callback panicked: {0}")]
     CallbackPanicked(String),
+    #[error("rkllm_destroy did not return within {0:?}; the handle was abandoned")]
+    DestroyTimedOut(std::time::Duration),
+    /// An error the runtime reported in a worker process, as its text.
+    #[error("{0}")]
+    Worker(String),
+    /// The worker process holding the runtime is gone.
+    #[error("the runtime's worker process {how}{}", stderr_tail(.stderr))]
+    WorkerDied { how: String, stderr: Vec<String> },
+}
+
+fn stderr_tail(lines: &[String]) -> String {
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!("; its last output: {}", lines.join(" | "))
+    }
 }

@@ -8,13 +8,17 @@
 
 pub mod abi;
 mod callback;
+mod engine;
 mod error;
 mod handle;
+mod in_process;
 mod library;
 mod params;
 
 pub use callback::{Flow, HiddenStates, SlotResult, Step, StepState};
+pub use engine::{Engine, EngineSpec, Memory, OnStep, RunParams, StopRun, Stopper};
 pub use error::{Error, LoadError};
 pub use handle::{AbortHandle, Handle, RunOutcome};
+pub use in_process::InProcess;
 pub use library::{cpu_runtime_near_exe, AbiFamily, Runtime};
 pub use params::{InferMode, InferParams, InitParams, Input, InputKind, PromptCache, Sampling};

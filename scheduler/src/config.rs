@@ -45,6 +45,11 @@ pub struct ModelConfig {
     /// Embedding runs: return 2 from the callback once the states are read (`None`: the
     /// binding's default, on for ABI 1.3).
     pub release_hidden_states: Option<bool>,
+    /// Where the runtime runs: in a worker process (a crash ends one instance), or here.
+    pub isolation: Isolation,
+    /// The first wait before an instance whose worker died starts a new one; it doubles with
+    /// each failed start, up to 32 times.
+    pub restart_backoff: Duration,
 }
 
 impl ModelConfig {
@@ -68,6 +73,27 @@ impl ModelConfig {
             cpus: None,
             pooling: Pooling::default(),
             release_hidden_states: None,
+            isolation: Isolation::InProcess,
+            restart_backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Where an instance's runtime lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Isolation {
+    /// In this process: a crash in the runtime ends the server.
+    InProcess,
+    /// In a worker process started from `exe` (the server's own executable, run with
+    /// `worker::WORKER_ARG`): a crash ends that instance, which restarts.
+    Process { exe: PathBuf },
+}
+
+impl Isolation {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Isolation::InProcess => "in-process",
+            Isolation::Process { .. } => "process",
         }
     }
 }

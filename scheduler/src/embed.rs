@@ -11,7 +11,7 @@ use crate::queue::Pending;
 use crate::records::{counted, Outcome, RequestRecord, RunRecord};
 use crate::request::{Event, Failure, FinishReason, Timings};
 use crate::telemetry::FailKind;
-use rkllm::{Flow, Handle, HiddenStates, InferMode, InferParams, Input, RunOutcome, StepState};
+use rkllm::{Engine, Flow, HiddenStates, InferMode, Input, RunOutcome, RunParams, StepState};
 use std::time::{Duration, Instant};
 
 /// How a sequence's token states become one vector (GGUF `{arch}.pooling_type`).
@@ -77,7 +77,7 @@ pub(crate) fn run(
     model: &Model,
     inst: &Instance,
     generation: u64,
-    handle: &mut Handle,
+    engine: &mut dyn Engine,
     members: Vec<Pending>,
 ) {
     let cfg = &model.cfg;
@@ -94,15 +94,15 @@ pub(crate) fn run(
     *inst.state.lock() = InstanceState::Running {
         slots: members.len(),
     };
-    let infer = InferParams {
+    let params = RunParams {
         mode: InferMode::LastHiddenLayer,
         release_hidden_states: cfg.release_hidden_states,
-        ..InferParams::default()
+        ..RunParams::default()
     };
     let pooling = cfg.pooling;
     let mut vectors: Vec<Option<Vec<f32>>> = vec![None; members.len()];
     let mut memory_mb = None;
-    let result = handle.run(&inputs, &infer, |step| {
+    let result = engine.run(&inputs, &params, &mut |step| {
         if inst.current(generation) {
             inst.touch();
         }

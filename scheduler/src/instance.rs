@@ -1,11 +1,12 @@
 //! A runtime instance as the other threads see it: its state, its run in progress (for the
-//! watchdog), its abort handle and its thread. The thread itself is `worker.rs`.
+//! watchdog), its stopper, its thread, and what it shows of its runtime (n_batch in use,
+//! restarts, worker memory). The thread itself is `worker.rs`.
 
 use crate::demux::Demux;
 pub use crate::snapshot::InstanceState;
 use parking_lot::Mutex;
-use rkllm::AbortHandle;
-use std::sync::atomic::{AtomicU64, Ordering};
+use rkllm::{Memory, Stopper};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,8 +25,16 @@ pub struct Instance {
     last_progress: AtomicU64,
     /// The run in progress, so the watchdog can fail its requests.
     pub run: Mutex<Option<Arc<Mutex<Demux>>>>,
-    pub abort: Mutex<Option<AbortHandle>>,
+    pub abort: Mutex<Option<Stopper>>,
     pub thread: Mutex<Option<JoinHandle<()>>>,
+    /// The n_batch its engine was initialised with (below the model's after a fallback).
+    pub n_batch: AtomicU8,
+    /// Why n_batch is below the model's, once it fell back.
+    pub fallback: Mutex<Option<String>>,
+    /// Engines started after the first: worker deaths and stalls.
+    pub restarts: AtomicU64,
+    /// The worker's memory at its last look (process isolation only).
+    pub memory: Mutex<Option<Memory>>,
 }
 
 impl Instance {
@@ -38,6 +47,10 @@ impl Instance {
             run: Mutex::new(None),
             abort: Mutex::new(None),
             thread: Mutex::new(None),
+            n_batch: AtomicU8::new(0),
+            fallback: Mutex::new(None),
+            restarts: AtomicU64::new(0),
+            memory: Mutex::new(None),
         }
     }
 

@@ -11,6 +11,7 @@ pub mod cost;
 pub mod cpus;
 pub mod demux;
 pub mod embed;
+mod engine;
 pub mod error;
 mod instance;
 mod model;
@@ -28,7 +29,7 @@ pub mod stop;
 pub mod telemetry;
 mod worker;
 
-pub use config::{CutVia, ModelConfig, Reform};
+pub use config::{CutVia, Isolation, ModelConfig, Reform};
 pub use embed::Pooling;
 pub use error::SubmitError;
 pub use request::{BatchKey, Event, Failure, FinishReason, Request, RequestStream, Timings};

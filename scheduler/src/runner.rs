@@ -15,7 +15,7 @@ use crate::sequence::Sequence;
 use crate::telemetry::FailKind;
 use crossbeam_channel::{bounded, Sender};
 use parking_lot::Mutex;
-use rkllm::{AbiFamily, Flow, Handle, InferParams, Input, RunOutcome, Sampling, StepState};
+use rkllm::{Engine, Flow, Input, RunOutcome, RunParams, Sampling, StepState};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -96,7 +96,7 @@ pub struct Run<'a> {
 }
 
 impl Run<'_> {
-    pub fn execute(self, handle: &mut Handle) -> RunEnd {
+    pub fn execute(self, engine: &mut dyn Engine) -> RunEnd {
         let Run {
             model,
             inst,
@@ -128,13 +128,10 @@ impl Run<'_> {
             .map(|s| s.max_tokens.saturating_sub(s.generated).max(1))
             .max()
             .unwrap_or(1);
-        let infer = match cfg.abi {
-            AbiFamily::V1_3 => InferParams {
-                sampling: Some(sampling),
-                max_new_tokens: Some(max_new.min(i32::MAX as u32) as i32),
-                ..InferParams::default()
-            },
-            AbiFamily::V1_2 => InferParams::default(),
+        let params = RunParams {
+            sampling: Some(sampling),
+            max_new_tokens: Some(max_new.min(i32::MAX as u32) as i32),
+            ..RunParams::default()
         };
         let demux = Arc::new(Mutex::new(
             Demux::new(slots, resumed, started, cfg.context_len)
@@ -161,7 +158,7 @@ impl Run<'_> {
                 *c.target.lock() = r.run_id;
             }
         }
-        let result = handle.run(&inputs, &infer, move |step| {
+        let result = engine.run(&inputs, &params, &mut move |step| {
             if i.current(generation) {
                 i.touch();
             }

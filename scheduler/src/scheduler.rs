@@ -260,10 +260,18 @@ impl Scheduler {
                 instances: m
                     .instances
                     .iter()
-                    .map(|i| InstanceSnapshot {
-                        index: i.index,
-                        state: i.state.lock().clone(),
-                        kv_tokens: i.run.lock().as_ref().map_or(0, |d| d.lock().kv_tokens()),
+                    .map(|i| {
+                        let memory = *i.memory.lock();
+                        InstanceSnapshot {
+                            index: i.index,
+                            state: i.state.lock().clone(),
+                            kv_tokens: i.run.lock().as_ref().map_or(0, |d| d.lock().kv_tokens()),
+                            n_batch: i.n_batch.load(Ordering::Relaxed),
+                            fallback: i.fallback.lock().clone(),
+                            restarts: i.restarts.load(Ordering::Relaxed),
+                            rss_bytes: memory.map(|m| m.rss),
+                            peak_rss_bytes: memory.map(|m| m.hwm),
+                        }
                     })
                     .collect(),
             })
@@ -374,9 +382,10 @@ fn watchdog(models: Arc<RwLock<HashMap<String, Arc<Model>>>>, shared: Arc<Shared
     }
 }
 
-/// A run made no progress for `stall_timeout`: fail its requests, abort it (on a thread of
-/// its own, the abort may hang too), and start a new handle on a new thread. The old thread,
-/// if its run ever returns, sees it was replaced and destroys its handle.
+/// A run made no progress for `stall_timeout`: fail its requests, kill its worker (in
+/// process: abort it, on a thread of its own, the abort may hang too), and start a new engine
+/// on a new thread. The old thread, once its run returns, sees it was replaced and destroys
+/// its engine.
 fn recover_stuck(model: &Arc<Model>, inst: &Arc<Instance>, shared: &Arc<Shared>) {
     tracing::warn!(
         model = %model.cfg.name,
@@ -385,6 +394,7 @@ fn recover_stuck(model: &Arc<Model>, inst: &Arc<Instance>, shared: &Arc<Shared>)
         model.cfg.stall_timeout
     );
     inst.generation.fetch_add(1, Ordering::AcqRel);
+    inst.restarts.fetch_add(1, Ordering::Relaxed);
     *inst.state.lock() = InstanceState::Restarting;
     if let Some(run) = inst.run.lock().take() {
         run.lock().fail_all(&Failure::new(FailKind::Timeout, format!(
@@ -392,9 +402,11 @@ fn recover_stuck(model: &Arc<Model>, inst: &Arc<Instance>, shared: &Arc<Shared>)
             model.cfg.stall_timeout.as_secs_f64()
         )));
     }
-    if let Some(abort) = inst.abort.lock().take() {
+    // A worker is killed: its memory and threads go with it, and its instance thread's
+    // run returns at once. An in-process runtime can only be asked to abort.
+    if let Some(stop) = inst.abort.lock().take() {
         std::thread::spawn(move || {
-            let _ = abort.abort();
+            stop.kill();
         });
     }
     // The old thread's JoinHandle is dropped: it is detached and cleans up by itself.

@@ -81,6 +81,15 @@ pub struct InstanceSnapshot {
     pub state: InstanceState,
     /// KV cells its requests in flight occupy: their prompts and what they generated.
     pub kv_tokens: usize,
+    /// The n_batch its runtime runs with (0 before it loaded).
+    pub n_batch: u8,
+    /// Why that is below the model's n_batch.
+    pub fallback: Option<String>,
+    /// Engines it started after its first (worker deaths, stalls).
+    pub restarts: u64,
+    /// Its worker process's resident memory and peak (bytes), with process isolation.
+    pub rss_bytes: Option<u64>,
+    pub peak_rss_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -44,6 +44,11 @@ pub const SLOTS: &str = "rkserve_slots";
 pub const SLOTS_BUSY: &str = "rkserve_slots_busy";
 pub const MODEL_STATE: &str = "rkserve_model_state";
 pub const MODEL_LOAD_TIME: &str = "rkserve_model_load_seconds";
+pub const WORKER_RESTARTS: &str = "rkserve_worker_restarts_total";
+pub const NBATCH_FALLBACKS: &str = "rkserve_n_batch_fallbacks_total";
+pub const INSTANCE_N_BATCH: &str = "rkserve_instance_n_batch";
+pub const WORKER_RSS: &str = "rkserve_worker_rss_bytes";
+pub const WORKER_PEAK_RSS: &str = "rkserve_worker_peak_rss_bytes";
 
 enum Record {
     Request(RequestRecord),
@@ -232,6 +237,16 @@ pub fn publish(
         for s in ["loading", "ready", "unavailable"] {
             gauge!(MODEL_STATE, "model" => name.clone(), "state" => s).set(f64::from(s == state));
         }
+        for i in &m.instances {
+            let idx = i.index.to_string();
+            gauge!(INSTANCE_N_BATCH, "model" => name.clone(), "instance" => idx.clone())
+                .set(f64::from(i.n_batch));
+            if let (Some(rss), Some(hwm)) = (i.rss_bytes, i.peak_rss_bytes) {
+                gauge!(WORKER_RSS, "model" => name.clone(), "instance" => idx.clone())
+                    .set(rss as f64);
+                gauge!(WORKER_PEAK_RSS, "model" => name.clone(), "instance" => idx).set(hwm as f64);
+            }
+        }
         if let Some(secs) = load_seconds(&name) {
             gauge!(MODEL_LOAD_TIME, "model" => name).set(secs);
         }
@@ -361,6 +376,31 @@ pub fn describe() {
         MODEL_STATE,
         Unit::Count,
         "1 for the model's current state (loading, ready, unavailable)."
+    );
+    describe_counter!(
+        WORKER_RESTARTS,
+        Unit::Count,
+        "Engines an instance started again after its worker died or its run stalled."
+    );
+    describe_counter!(
+        NBATCH_FALLBACKS,
+        Unit::Count,
+        "Times an instance fell back to half its n_batch because rkllm_init kept crashing."
+    );
+    describe_gauge!(
+        INSTANCE_N_BATCH,
+        Unit::Count,
+        "The n_batch an instance's runtime runs with (below the model's after a fallback)."
+    );
+    describe_gauge!(
+        WORKER_RSS,
+        Unit::Bytes,
+        "Resident memory of an instance's worker process (VmRSS)."
+    );
+    describe_gauge!(
+        WORKER_PEAK_RSS,
+        Unit::Bytes,
+        "Peak resident memory of an instance's worker process (VmHWM)."
     );
     describe_gauge!(
         MODEL_LOAD_TIME,

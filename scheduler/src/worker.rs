@@ -1,12 +1,14 @@
-//! An instance's thread: it loads the runtime and its handle, forms each run (new requests
-//! from the queue by the batch policy, or the sequences a cut run left plus the waiting
-//! requests that may join them), hands it to `runner.rs`, and destroys the
-//! handle when the model goes.
+//! An instance's thread: it opens its engine (falling back to a smaller n_batch when init
+//! keeps crashing), forms each run (new requests from the queue by the batch policy, or the
+//! sequences a cut run left plus the waiting requests that may join them), hands it to
+//! `runner.rs`, replaces the engine when its worker dies (with backoff), and destroys it when
+//! the model goes.
 
 use crate::affinity;
 use crate::config::{CutVia, Reform};
 use crate::cost::{CostModel, Priors};
 use crate::cpus;
+use crate::engine;
 use crate::instance::{Instance, InstanceState};
 use crate::model::{Model, Shared};
 use crate::queue::{take_batch, take_joining, Pending};
@@ -14,7 +16,7 @@ use crate::request::{BatchKey, Failure, FinishReason};
 use crate::runner::{Cutter, Reforming, Run};
 use crate::sequence::Sequence;
 use crate::telemetry::{FailKind, ModelTelemetry, Outcome};
-use rkllm::{AbiFamily, Handle, Runtime, Sampling};
+use rkllm::Engine;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,49 +34,105 @@ pub(crate) fn spawn(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>)
     *inst.thread.lock() = Some(thread);
 }
 
-fn init_handle(rt: &Runtime, model: &Model, sampling: Option<Sampling>) -> Result<Handle, String> {
+/// Init crashes at one n_batch before the instance tries half of it.
+const CRASHES_BEFORE_FALLBACK: u32 = 2;
+/// Failed starts in a row after which a restarting instance gives up.
+const RESTART_ATTEMPTS: u32 = 6;
+
+/// Opens the engine, falling back to half the n_batch when init keeps crashing the worker
+/// (Rockchip's runtime has aborted in init at some n_batch values): 8 → 4 → 2 → 1.
+fn open_with_fallback(
+    model: &Model,
+    inst: &Instance,
+    n_batch: &mut u8,
+) -> Result<Box<dyn Engine>, String> {
     let cfg = &model.cfg;
-    let mut p = rt.default_params();
-    p.model_path = cfg.model_path.clone();
-    p.n_batch = cfg.n_batch;
-    p.max_context_len = cfg.context_len as i32;
-    // Each request stops at its own max_tokens; the handle's limit is the context.
-    p.max_new_tokens = cfg.context_len as i32;
-    p.enabled_cpus_mask = cpus::mask(&model.cpus);
-    p.enabled_cpus_num = if model.cpus.is_empty() {
-        std::thread::available_parallelism().map_or(1, |n| n.get()) as i8
-    } else {
-        model.cpus.len() as i8
-    };
-    if let Some(s) = sampling {
-        p.sampling = s;
+    let label = format!("{}#{}", cfg.name, inst.index);
+    let mut crashes = 0;
+    loop {
+        match engine::open(model, *n_batch, &label) {
+            Ok(e) => {
+                inst.n_batch.store(e.n_batch() as u8, Ordering::Relaxed);
+                return Ok(e);
+            }
+            Err(e @ rkllm::Error::WorkerDied { .. }) => {
+                crashes += 1;
+                if crashes < CRASHES_BEFORE_FALLBACK {
+                    tracing::warn!(model = %cfg.name, instance = inst.index, "init crashed at n_batch {n_batch}: {e}; trying again");
+                    continue;
+                }
+                if *n_batch <= 1 {
+                    return Err(format!(
+                        "rkllm_init crashed {crashes} times at n_batch 1: {e}"
+                    ));
+                }
+                let next = (*n_batch / 2).max(1);
+                let why = format!(
+                    "n_batch {next} (configured {}): rkllm_init crashed {crashes} times at n_batch {n_batch}: {e}",
+                    cfg.n_batch
+                );
+                tracing::warn!(model = %cfg.name, instance = inst.index, "falling back to {why}");
+                metrics::counter!(crate::telemetry::NBATCH_FALLBACKS, "model" => cfg.name.clone())
+                    .increment(1);
+                *inst.fallback.lock() = Some(why);
+                *n_batch = next;
+                crashes = 0;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
     }
-    let mut h = rt.init(&p).map_err(|e| e.to_string())?;
-    // Prompts arrive rendered by the server's chat templates.
-    h.set_chat_template("", "", "").map_err(|e| e.to_string())?;
-    Ok(h)
 }
 
-/// Destroys a handle on its own thread: `rkllm_destroy` is known to hang, and a hang must
-/// not hold anything else up. Waits at most `limit`.
-pub fn destroy_with_deadline(handle: Handle, limit: Duration, model: &str) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let spawned = std::thread::Builder::new()
-        .name("rkserve-destroy".into())
-        .spawn(move || {
-            let _ = tx.send(handle.destroy());
-        });
-    if spawned.is_err() {
-        return;
+/// Shows the engine to the other threads: its stopper (watchdog, unload, cutter) and memory.
+fn publish(inst: &Instance, engine: &dyn Engine) {
+    *inst.abort.lock() = Some(engine.stopper());
+    *inst.memory.lock() = engine.memory();
+}
+
+/// Replaces a dead engine: waits (doubling from `restart_backoff`, cut short by `stop`),
+/// then opens a new one. `None` when the instance gave up or must stop.
+fn restart(
+    model: &Model,
+    inst: &Instance,
+    dead: Box<dyn Engine>,
+    n_batch: &mut u8,
+    stop: &dyn Fn() -> bool,
+) -> Option<Box<dyn Engine>> {
+    let cfg = &model.cfg;
+    inst.abort.lock().take();
+    *inst.memory.lock() = None;
+    let _ = dead.destroy(cfg.destroy_timeout);
+    *inst.state.lock() = InstanceState::Restarting;
+    let mut wait = cfg.restart_backoff;
+    for attempt in 1..=RESTART_ATTEMPTS {
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            if stop() {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10).min(wait));
+        }
+        inst.restarts.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::telemetry::WORKER_RESTARTS, "model" => cfg.name.clone())
+            .increment(1);
+        match open_with_fallback(model, inst, n_batch) {
+            Ok(e) => {
+                tracing::info!(model = %cfg.name, instance = inst.index, "instance restarted (attempt {attempt})");
+                publish(inst, &*e);
+                *inst.state.lock() = InstanceState::Idle;
+                return Some(e);
+            }
+            Err(reason) => {
+                tracing::warn!(model = %cfg.name, instance = inst.index, "restart {attempt} failed: {reason}");
+                if attempt == RESTART_ATTEMPTS {
+                    model.instance_failed(inst, reason);
+                    return None;
+                }
+            }
+        }
+        wait = (wait * 2).min(cfg.restart_backoff * 32);
     }
-    match rx.recv_timeout(limit) {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(model, "rkllm_destroy failed: {e}"),
-        Err(_) => tracing::warn!(
-            model,
-            "rkllm_destroy did not return within {limit:?}; abandoned on its thread"
-        ),
-    }
+    None
 }
 
 fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, generation: u64) {
@@ -82,24 +140,19 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
     if let Err(e) = cpus::pin_current_thread(&model.cpus) {
         tracing::warn!(model = %cfg.name, "cannot pin to CPUs {:?}: {e}", model.cpus);
     }
-    let loaded = Runtime::load(&cfg.runtime_lib, cfg.abi)
-        .map_err(|e| e.to_string())
-        .and_then(|rt| init_handle(&rt, &model, None).map(|h| (rt, h)));
-    let (rt, mut handle) = match loaded {
-        Ok(x) => x,
+    let mut nb = cfg.n_batch;
+    let mut engine = match open_with_fallback(&model, &inst, &mut nb) {
+        Ok(e) => e,
         Err(reason) => {
             model.instance_failed(&inst, reason);
             return;
         }
     };
-    *inst.abort.lock() = Some(handle.abort_handle());
-    // On ABI 1.2 sampling is fixed per handle: remember which the handle has.
-    let mut handle_key = BatchKey::of(&rt.default_params().sampling);
+    publish(&inst, &*engine);
     *inst.state.lock() = InstanceState::Idle;
     model.instance_ready();
 
-    let per_handle_sampling = cfg.abi == AbiFamily::V1_2;
-    let n_batch = cfg.n_batch as usize;
+    let mut n_batch = engine.n_batch();
     let mut reform = cfg.reform == Reform::Auto;
     let cutter = (reform && cfg.cut_via == CutVia::Abort)
         .then(|| Cutter::start(inst.clone(), cfg.name.clone()));
@@ -113,12 +166,21 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
     let mut carry: Vec<Option<Sequence>> = (0..n_batch).map(|_| None).collect();
     let mut free_since = None;
     let mut runs = 0u64;
+    let stop = || {
+        shared.stopping() || model.unloading.load(Ordering::Acquire) || !inst.current(generation)
+    };
     loop {
-        let stop = || {
-            shared.stopping()
-                || model.unloading.load(Ordering::Acquire)
-                || !inst.current(generation)
-        };
+        if !engine.alive() {
+            // Its worker died: the run's requests have failed; the others wait for the new one.
+            end_carried(&mut carry, &model);
+            match restart(&model, &inst, engine, &mut nb, &stop) {
+                Some(e) => engine = e,
+                None => return,
+            }
+            n_batch = engine.n_batch();
+            cached = vec![Vec::new(); n_batch];
+            carry = (0..n_batch).map(|_| None).collect();
+        }
         drop_cancelled(&mut carry, &model.queue.tel);
         let continuing = carry.iter().any(Option::is_some);
         let (key, fresh) = if continuing {
@@ -138,7 +200,9 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
             );
             (key, fresh)
         } else {
-            let preferred = per_handle_sampling.then_some(handle_key);
+            // Where sampling is fixed per handle (ABI 1.2), requests that share the handle's
+            // go first: others cost a re-initialisation.
+            let preferred = engine.handle_sampling().map(|s| BatchKey::of(&s));
             let batch = take_batch(
                 &model.queue,
                 &model.policy,
@@ -156,36 +220,11 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
         if key == BatchKey::EMBEDDING {
             let fresh = refuse_unrunnable(fresh, &model.queue.tel);
             if !fresh.is_empty() {
-                crate::embed::run(&model, &inst, generation, &mut handle, fresh);
+                crate::embed::run(&model, &inst, generation, &mut *engine, fresh);
             }
             free_since = Some(Instant::now());
+            *inst.memory.lock() = engine.memory();
             continue;
-        }
-        if !continuing && per_handle_sampling && key != handle_key {
-            let sampling = fresh[0].req.sampling;
-            destroy_with_deadline(handle, cfg.destroy_timeout, &cfg.name);
-            match init_handle(&rt, &model, Some(sampling)) {
-                Ok(h) => {
-                    handle = h;
-                    handle_key = key;
-                    *inst.abort.lock() = Some(handle.abort_handle());
-                }
-                Err(reason) => {
-                    for p in fresh {
-                        p.fail(
-                            Failure::new(
-                                FailKind::RuntimeError,
-                                format!(
-                                    "re-initialising the runtime for new sampling failed: {reason}"
-                                ),
-                            ),
-                            &model.queue.tel,
-                        );
-                    }
-                    model.instance_failed(&inst, reason);
-                    return;
-                }
-            }
         }
         let fresh = refuse_unrunnable(fresh, &model.queue.tel);
         let sampling = carry
@@ -214,7 +253,8 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
             }),
             cost: &mut cost,
         }
-        .execute(&mut handle);
+        .execute(&mut *engine);
+        *inst.memory.lock() = engine.memory();
         if let Some(why) = end.cut_failed {
             tracing::warn!(
                 model = %cfg.name,
@@ -230,11 +270,14 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
         if !inst.current(generation) {
             end_carried(&mut carry, &model);
             // Replaced while stuck: the new thread owns the instance now.
-            std::thread::spawn(move || handle.destroy());
+            let _ = engine.destroy(cfg.destroy_timeout);
             return;
         }
     }
-    destroy_with_deadline(handle, cfg.destroy_timeout, &cfg.name);
+    inst.abort.lock().take();
+    if let Err(e) = engine.destroy(cfg.destroy_timeout) {
+        tracing::warn!(model = %cfg.name, instance = inst.index, "destroying the engine: {e}");
+    }
 }
 
 /// Puts new requests in the free slots, each where its prompt shares the most with what the

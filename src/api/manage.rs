@@ -23,12 +23,20 @@ pub async fn loaded(state: web::Data<AppState>) -> HttpResponse {
             let instances: Vec<Value> = m
                 .instances
                 .iter()
-                .map(|i| match &i.state {
-                    InstanceState::Running { slots } => {
-                        json!({"state": "running", "busy_slots": slots})
-                    }
-                    InstanceState::Failed(r) => json!({"state": "failed", "reason": r}),
-                    other => json!({"state": other.label()}),
+                .map(|i| {
+                    let mut v = match &i.state {
+                        InstanceState::Running { slots } => {
+                            json!({"state": "running", "busy_slots": slots})
+                        }
+                        InstanceState::Failed(r) => json!({"state": "failed", "reason": r}),
+                        other => json!({"state": other.label()}),
+                    };
+                    v["n_batch"] = json!(i.n_batch);
+                    v["n_batch_fallback"] = json!(i.fallback);
+                    v["restarts"] = json!(i.restarts);
+                    v["rss_bytes"] = json!(i.rss_bytes);
+                    v["peak_rss_bytes"] = json!(i.peak_rss_bytes);
+                    v
                 })
                 .collect();
             json!({
