@@ -139,7 +139,13 @@ fn record_all(rx: Receiver<Record>, stats: &LatencyStats) {
                 }
                 counter!(PROMPT_TOKENS, "model" => m.to_string()).increment(0);
                 counter!(GENERATION_TOKENS, "model" => m.to_string()).increment(0);
-                for name in [REFORMS, RESUMED_PREFILL_TOKENS, DEAD_SLOT_STEPS] {
+                for name in [
+                    REFORMS,
+                    RESUMED_PREFILL_TOKENS,
+                    DEAD_SLOT_STEPS,
+                    WORKER_RESTARTS,
+                    NBATCH_FALLBACKS,
+                ] {
                     counter!(name, "model" => m.to_string()).increment(0);
                 }
             }
