@@ -5,15 +5,14 @@
 //!
 //! - `up ready N%`: free capacity as a share of the configured weight (`ready` lifts a
 //!   `drain` left by a previous process on this port);
-//! - `drain`: no new connections, those open finish (rkserve is draining);
+//! - `drain`: no new connections, those open finish (rkserve is draining, or every model that
+//!   can serve is being unloaded once its requests end);
 //! - `down`: no model can serve.
 
+use crate::api::AppState;
 use crate::capacity::Capacity;
-use crate::drain::Drain;
-use scheduler::Scheduler;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// The weight never drops to 0% while up: 0 would make HAProxy treat the board as drained,
@@ -27,24 +26,25 @@ pub fn reply(draining: bool, capacity: Capacity) -> String {
     }
     match capacity {
         Capacity::None => "down\n".into(),
+        Capacity::Leaving => "drain\n".into(),
         Capacity::Free { percent } => format!("up ready {}%\n", percent.max(MIN_WEIGHT)),
     }
 }
 
 /// Serves the agent on its own thread: each answer is a snapshot and a few bytes, and it must
 /// not wait behind the HTTP workers when they are busiest.
-pub fn spawn(
-    listener: TcpListener,
-    scheduler: Arc<Scheduler>,
-    drain: Arc<Drain>,
-) -> std::io::Result<()> {
+pub fn spawn(listener: TcpListener, state: actix_web::web::Data<AppState>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("haproxy-agent".into())
         .spawn(move || {
             for conn in listener.incoming() {
                 match conn {
                     Ok(stream) => {
-                        let line = reply(drain.is_draining(), Capacity::of(&scheduler.snapshot()));
+                        let catalog = &state.catalog;
+                        let capacity = Capacity::staying(&catalog.scheduler.snapshot(), |m| {
+                            catalog.unloading(m)
+                        });
+                        let line = reply(state.drain.is_draining(), capacity);
                         if let Err(e) = answer(stream, &line) {
                             tracing::debug!("agent check: {e}");
                         }
@@ -80,6 +80,7 @@ mod tests {
         );
         assert_eq!(reply(false, Capacity::Free { percent: 0 }), "up ready 1%\n");
         assert_eq!(reply(false, Capacity::None), "down\n");
+        assert_eq!(reply(false, Capacity::Leaving), "drain\n");
         assert_eq!(reply(true, Capacity::Free { percent: 100 }), "drain\n");
         assert_eq!(reply(true, Capacity::None), "drain\n");
     }

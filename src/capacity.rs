@@ -43,12 +43,25 @@ impl Load {
 pub enum Capacity {
     /// No model is ready: a request sent here would only queue or fail.
     None,
+    /// Every ready model is to be unloaded once its requests in flight end: they finish,
+    /// new work belongs elsewhere.
+    Leaving,
     /// Free share of the slots, 0 to 100, after the queue has taken its part: a queued
     /// request will take the next free slot before a new one does.
     Free { percent: u8 },
 }
 
 impl Capacity {
+    /// As [`Capacity::of`], over the models that stay: those for which `leaving` is false.
+    pub fn staying(snapshot: &[ModelSnapshot], leaving: impl Fn(&str) -> bool) -> Capacity {
+        let (gone, stay): (Vec<ModelSnapshot>, Vec<ModelSnapshot>) =
+            snapshot.iter().cloned().partition(|m| leaving(&m.name));
+        match Capacity::of(&stay) {
+            Capacity::None if Capacity::of(&gone) != Capacity::None => Capacity::Leaving,
+            c => c,
+        }
+    }
+
     pub fn of(snapshot: &[ModelSnapshot]) -> Capacity {
         let ready: Vec<Load> = snapshot
             .iter()
@@ -73,8 +86,17 @@ mod tests {
     use scheduler::InstanceSnapshot;
 
     fn model(status: ModelStatus, states: &[InstanceState], waiting: usize) -> ModelSnapshot {
+        named("m", status, states, waiting)
+    }
+
+    fn named(
+        name: &str,
+        status: ModelStatus,
+        states: &[InstanceState],
+        waiting: usize,
+    ) -> ModelSnapshot {
         ModelSnapshot {
-            name: "m".into(),
+            name: name.into(),
             status,
             waiting,
             n_batch: 4,
@@ -148,5 +170,39 @@ mod tests {
             Capacity::of(&[failed, ready]),
             Capacity::Free { percent: 100 }
         );
+    }
+
+    #[test]
+    fn models_being_unloaded_take_no_new_work() {
+        let a = named("a", ModelStatus::Ready, &[InstanceState::Idle], 0);
+        let b = named(
+            "b",
+            ModelStatus::Ready,
+            &[InstanceState::Running { slots: 2 }],
+            0,
+        );
+        let both = [a.clone(), b];
+        assert_eq!(
+            Capacity::staying(&both, |_| false),
+            Capacity::Free { percent: 75 }
+        );
+        assert_eq!(
+            Capacity::staying(&both, |n| n == "a"),
+            Capacity::Free { percent: 50 },
+            "only b's slots count once a is leaving"
+        );
+        assert_eq!(Capacity::staying(&both, |_| true), Capacity::Leaving);
+        let failed = named(
+            "a",
+            ModelStatus::Unavailable("gone".into()),
+            &[InstanceState::Failed("gone".into())],
+            0,
+        );
+        assert_eq!(
+            Capacity::staying(&[failed], |_| true),
+            Capacity::None,
+            "a failed model being unloaded could serve nothing anyway"
+        );
+        assert_eq!(Capacity::staying(&[a], |_| true), Capacity::Leaving);
     }
 }

@@ -399,6 +399,11 @@ impl Catalog {
         self.models.keep_alive(name, keep)
     }
 
+    /// Whether the model goes as soon as its requests in flight end.
+    pub fn unloading(&self, name: &str) -> bool {
+        self.models.unloading(name)
+    }
+
     /// When the model will be unloaded, if a keep_alive set it.
     pub fn expires_at(&self, name: &str) -> Option<std::time::SystemTime> {
         self.models.expires_at(name)

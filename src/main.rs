@@ -70,9 +70,14 @@ fn main() -> ExitCode {
         }
     }
     let drain = std::sync::Arc::new(rkserve::drain::Drain::new(drain_timeout));
-    if let Some(agent_port) = catalog.config().server.agent_port {
+    let state = web::Data::new(AppState {
+        catalog,
+        exporter,
+        drain: drain.clone(),
+    });
+    if let Some(agent_port) = state.catalog.config().server.agent_port {
         let bound = std::net::TcpListener::bind((host.as_str(), agent_port))
-            .and_then(|l| rkserve::agent::spawn(l, catalog.scheduler.clone(), drain.clone()));
+            .and_then(|l| rkserve::agent::spawn(l, state.clone()));
         match bound {
             Ok(()) => tracing::info!("HAProxy agent on {host}:{agent_port}"),
             Err(e) => {
@@ -81,11 +86,6 @@ fn main() -> ExitCode {
             }
         }
     }
-    let state = web::Data::new(AppState {
-        catalog,
-        exporter,
-        drain: drain.clone(),
-    });
     let housekeeping = state.clone();
     let run = async move {
         // Once a second: unload models idle past their Ollama keep_alive, and fold the

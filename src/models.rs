@@ -285,6 +285,16 @@ impl ModelManager {
         due
     }
 
+    /// Whether the model is to be unloaded when its last lease ends (keep_alive 0 or an
+    /// unload request that arrived while requests held it).
+    pub fn unloading(&self, name: &str) -> bool {
+        self.inner
+            .models
+            .lock()
+            .get(name)
+            .is_some_and(|s| s.unload_when_free)
+    }
+
     /// When the model will be unloaded if it stays free, if a keep_alive set a time.
     pub fn expires_at(&self, name: &str) -> Option<SystemTime> {
         self.inner.models.lock().get(name)?.expiry.map(|(_, t)| t)

@@ -138,18 +138,24 @@ async fn gauges_and_agent_report_free_capacity() {
     assert_eq!(agent(agent_port), "up ready 1%\n");
     common::promtool_check_metrics(std::path::Path::new("promtool"), &full);
 
-    // Everything ends; with the model unloaded nothing can serve.
-    drop(three);
-    for r in pending.await.unwrap() {
-        assert_eq!(r.unwrap().status(), 200);
-    }
-    until(&s, "all slots free", |t| {
-        sample(t, "rkserve_slots_free") == Some(4.0)
-    })
-    .await;
+    // An unload while requests hold the model waits for them: meanwhile the board finishes
+    // its work and takes no new connections; once they end, nothing can serve.
     let r = post_json(&s.url(&format!("/v1/models/{MODEL}/unload")), &json!({})).await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(agent(agent_port), "down\n");
+    assert_eq!(
+        agent(agent_port),
+        "drain\n",
+        "unloading with requests in flight"
+    );
+    drop(three);
+    for r in pending.await.unwrap() {
+        assert_eq!(r.unwrap().status(), 200, "the unload let them finish");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent(agent_port) != "down\n" {
+        assert!(Instant::now() < deadline, "the model never unloaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let gone = scrape(&s).await;
     assert_eq!(
         sample(&gone, "vllm:num_requests_running"),
