@@ -179,6 +179,9 @@ def test_tool_choice_forcing_a_call(client, scripted_model, tool_choice):
         model=scripted_model, messages=QUESTION, tools=[WEATHER_TOOL], tool_choice=tool_choice
     )
     _assert_weather_call(r.choices[0].message.tool_calls[0])
+    # One rule for clients that branch on it: a reply that carries calls ends "tool_calls",
+    # however the call was asked for (OpenAI itself ends a named call with "stop").
+    assert r.choices[0].finish_reason == "tool_calls"
 
 
 def test_tool_choice_required_unmet_is_422(client, scripted_model):
