@@ -188,6 +188,25 @@ async fn an_abort_at_init_makes_that_model_unavailable_and_nothing_else() {
 }
 
 #[tokio::test]
+async fn an_init_failure_says_what_the_runtime_printed() {
+    // rkllm_init returns an error; its reason is only in what the runtime printed.
+    let broken = ("broken", "[faults]\ninit_fails = true\n");
+    let s = start(&[broken, STEADY], &["steady"], "").await;
+    let r = openai(&s, "broken", 3).await;
+    assert!(r.status >= 500, "{r:?}");
+    assert!(
+        r.text.contains("the profile sets faults.init_fails"),
+        "the runtime's own words reach the client: {r:?}"
+    );
+    let m = s.loaded("broken").await;
+    assert!(
+        m.to_string().contains("faults.init_fails"),
+        "and /v1/models/loaded: {m}"
+    );
+    steady_serves(&s).await;
+}
+
+#[tokio::test]
 async fn init_crashes_above_an_n_batch_fall_back_to_one_that_works() {
     let picky = (
         "picky",

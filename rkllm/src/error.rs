@@ -50,6 +50,13 @@ pub enum Error {
     /// An error the runtime reported in a worker process, as its text.
     #[error("{0}")]
     Worker(String),
+    /// An error the runtime reported in a worker process, with what the worker printed
+    /// before it (where the runtime's own reason is).
+    #[error("{message}{}", stderr_tail(.output))]
+    WorkerSaid {
+        message: String,
+        output: Vec<String>,
+    },
     /// The worker process holding the runtime is gone.
     #[error("the runtime's worker process {how}{}", stderr_tail(.stderr))]
     WorkerDied { how: String, stderr: Vec<String> },

@@ -124,8 +124,15 @@ impl Worker {
                 Ok(w)
             }
             Reply::Failed(m) => {
-                let _ = Box::new(w).destroy(Duration::from_secs(5));
-                Err(Error::Worker(m))
+                // The reason is in what the runtime printed before it returned the error
+                // (ours writes it to stderr, Rockchip's logs its own lines): read once the
+                // worker has exited, so none of it is still in the pipe.
+                let _ = w.stop(Duration::from_secs(5));
+                let said = w.tail.last(TAIL_LINES, Duration::from_millis(500));
+                Err(Error::WorkerSaid {
+                    message: m,
+                    output: said,
+                })
             }
             other => Err(w.broken(&format!("unexpected reply to init: {other:?}"))),
         }
@@ -317,6 +324,13 @@ impl Engine for Worker {
     /// Asks the worker to destroy its handle and exit; past `limit` it is killed. Either
     /// way the process is reaped before this returns.
     fn destroy(self: Box<Self>, limit: Duration) -> Result<(), Error> {
+        self.stop(limit)
+    }
+}
+
+impl Worker {
+    /// Asks the worker to destroy its handle and exit; kills it past `limit`.
+    fn stop(&self, limit: Duration) -> Result<(), Error> {
         if self.dead.is_some() {
             return Ok(());
         }
