@@ -1,10 +1,10 @@
 //! The embedding routes in each API's wire format: OpenAI `POST /v1/embeddings`, Ollama
 //! `POST /api/embed` and the legacy `POST /api/embeddings`. The work is `embed.rs`'s.
 
-use super::body;
 use super::disconnect::Client;
 use super::embed::{self, EmbedRequest, Embedded};
 use super::error::{Api, ApiError};
+use super::route;
 use super::AppState;
 use crate::duration::KeepAlive;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -77,58 +77,61 @@ pub async fn openai(
     http: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    let mut named = None;
-    let result = async {
-        let req: OpenAiEmbed = body::json(payload, &state.catalog.config().server).await?;
-        named = Some(req.model.clone());
-        let base64 = match req.encoding_format.as_deref() {
-            None | Some("float") => false,
-            Some("base64") => true,
-            Some(other) => {
-                return Err(ApiError::bad_param(
-                    "encoding_format",
-                    format!("encoding_format must be \"float\" or \"base64\", not \"{other}\""),
-                ))
-            }
-        };
-        let inputs = openai_inputs(req.input)?;
-        let served = super::generate::resolve(&state, &req.model).await?;
-        embed::check_dimensions(req.dimensions, &served, None)?;
-        let e = embed::embed(
-            &state,
-            EmbedRequest {
-                model: req.model,
-                inputs,
-                // OpenAI refuses input over the model's limit.
-                truncate: false,
-                param: "input",
-            },
-            &Client::of(&http),
-        )
-        .await?;
-        embed::check_dimensions(req.dimensions, &e.served, e.vectors.first().map(Vec::len))?;
-        let data: Vec<Value> = e
-            .vectors
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                let embedding = if base64 {
-                    json!(base64_of(v))
-                } else {
-                    json!(v)
-                };
-                json!({"object": "embedding", "index": i, "embedding": embedding})
-            })
-            .collect();
-        Ok(HttpResponse::Ok().json(json!({
-            "object": "list",
-            "data": data,
-            "model": e.served.entry.name,
-            "usage": {"prompt_tokens": e.prompt_tokens, "total_tokens": e.prompt_tokens},
-        })))
-    }
-    .await;
-    result.unwrap_or_else(|e: ApiError| e.refuse(Api::OpenAi, &state.catalog, named.as_deref()))
+    let (state, http) = (&state, &http);
+    route::serve(
+        state,
+        payload,
+        Api::OpenAi,
+        |r: &OpenAiEmbed| &r.model,
+        |req: OpenAiEmbed| async move {
+            let base64 = match req.encoding_format.as_deref() {
+                None | Some("float") => false,
+                Some("base64") => true,
+                Some(other) => {
+                    return Err(ApiError::bad_param(
+                        "encoding_format",
+                        format!("encoding_format must be \"float\" or \"base64\", not \"{other}\""),
+                    ))
+                }
+            };
+            let inputs = openai_inputs(req.input)?;
+            let served = super::generate::resolve(state, &req.model).await?;
+            embed::check_dimensions(req.dimensions, &served, None)?;
+            let e = embed::embed(
+                state,
+                EmbedRequest {
+                    model: req.model,
+                    inputs,
+                    // OpenAI refuses input over the model's limit.
+                    truncate: false,
+                    param: "input",
+                },
+                &Client::of(http),
+            )
+            .await?;
+            embed::check_dimensions(req.dimensions, &e.served, e.vectors.first().map(Vec::len))?;
+            let data: Vec<Value> = e
+                .vectors
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let embedding = if base64 {
+                        json!(base64_of(v))
+                    } else {
+                        json!(v)
+                    };
+                    json!({"object": "embedding", "index": i, "embedding": embedding})
+                })
+                .collect();
+            Ok(HttpResponse::Ok().json(json!({
+                "object": "list",
+                "data": data,
+                "model": e.served.entry.name,
+                "usage": {"prompt_tokens": e.prompt_tokens, "total_tokens": e.prompt_tokens},
+            })))
+        },
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -210,40 +213,43 @@ pub async fn ollama(
     http: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    let mut named = None;
-    let result = async {
-        let req: OllamaEmbed = body::json(payload, &state.catalog.config().server).await?;
-        named = Some(req.model.clone());
-        let inputs = match req.input {
-            None => Vec::new(),
-            Some(OneOrMany::One(s)) => vec![s],
-            Some(OneOrMany::Many(v)) => v,
-        };
-        if req.dimensions.is_some() {
-            let served = super::generate::resolve(&state, &req.model).await?;
-            embed::check_dimensions(req.dimensions, &served, None)?;
-        }
-        let e = ollama_embed(
-            &state,
-            &http,
-            req.model,
-            inputs,
-            req.truncate.unwrap_or(true),
-            "input",
-            req.keep_alive,
-        )
-        .await?;
-        embed::check_dimensions(req.dimensions, &e.served, e.vectors.first().map(Vec::len))?;
-        Ok(HttpResponse::Ok().json(json!({
-            "model": e.served.entry.name,
-            "embeddings": e.vectors,
-            "total_duration": nanos(e.total_duration),
-            "load_duration": nanos(e.load_duration),
-            "prompt_eval_count": e.prompt_tokens,
-        })))
-    }
-    .await;
-    result.unwrap_or_else(|e: ApiError| e.refuse(Api::Ollama, &state.catalog, named.as_deref()))
+    let (state, http) = (&state, &http);
+    route::serve(
+        state,
+        payload,
+        Api::Ollama,
+        |r: &OllamaEmbed| &r.model,
+        |req: OllamaEmbed| async move {
+            let inputs = match req.input {
+                None => Vec::new(),
+                Some(OneOrMany::One(s)) => vec![s],
+                Some(OneOrMany::Many(v)) => v,
+            };
+            if req.dimensions.is_some() {
+                let served = super::generate::resolve(state, &req.model).await?;
+                embed::check_dimensions(req.dimensions, &served, None)?;
+            }
+            let e = ollama_embed(
+                state,
+                http,
+                req.model,
+                inputs,
+                req.truncate.unwrap_or(true),
+                "input",
+                req.keep_alive,
+            )
+            .await?;
+            embed::check_dimensions(req.dimensions, &e.served, e.vectors.first().map(Vec::len))?;
+            Ok(HttpResponse::Ok().json(json!({
+                "model": e.served.entry.name,
+                "embeddings": e.vectors,
+                "total_duration": nanos(e.total_duration),
+                "load_duration": nanos(e.load_duration),
+                "prompt_eval_count": e.prompt_tokens,
+            })))
+        },
+    )
+    .await
 }
 
 /// The legacy route: one `prompt`, one `embedding` (normalised too; Ollama's legacy route
@@ -253,24 +259,27 @@ pub async fn ollama_legacy(
     http: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    let mut named = None;
-    let result = async {
-        let req: OllamaLegacyEmbed = body::json(payload, &state.catalog.config().server).await?;
-        named = Some(req.model.clone());
-        let inputs = req.prompt.into_iter().collect();
-        let e = ollama_embed(
-            &state,
-            &http,
-            req.model,
-            inputs,
-            true,
-            "prompt",
-            req.keep_alive,
-        )
-        .await?;
-        let embedding = e.vectors.into_iter().next().unwrap_or_default();
-        Ok(HttpResponse::Ok().json(json!({ "embedding": embedding })))
-    }
-    .await;
-    result.unwrap_or_else(|e: ApiError| e.refuse(Api::Ollama, &state.catalog, named.as_deref()))
+    let (state, http) = (&state, &http);
+    route::serve(
+        state,
+        payload,
+        Api::Ollama,
+        |r: &OllamaLegacyEmbed| &r.model,
+        |req: OllamaLegacyEmbed| async move {
+            let inputs = req.prompt.into_iter().collect();
+            let e = ollama_embed(
+                state,
+                http,
+                req.model,
+                inputs,
+                true,
+                "prompt",
+                req.keep_alive,
+            )
+            .await?;
+            let embedding = e.vectors.into_iter().next().unwrap_or_default();
+            Ok(HttpResponse::Ok().json(json!({ "embedding": embedding })))
+        },
+    )
+    .await
 }

@@ -18,6 +18,7 @@ mod openai;
 mod prompt;
 mod request;
 mod request_id;
+mod route;
 mod sse;
 mod stats;
 mod structured;

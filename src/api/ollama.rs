@@ -2,12 +2,12 @@
 //! `/api/show`, `/api/ps`, `/api/version`, and the model-management calls clients make at
 //! start-up. Requests are parsed into the shared [`GenRequest`]; replies are built from frames.
 
-use super::body;
 use super::disconnect::Client;
 use super::error::{Api, ApiError};
 use super::frames::{Finish, Frame, Reply, Shape, ToolCallFrame};
 use super::generate::{self, Meta};
 use super::request::{self, GenRequest, Prompt, SamplingFields, WireToolCall};
+use super::{body, route};
 use super::{ndjson, AppState};
 pub use crate::duration::KeepAlive;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -360,44 +360,47 @@ pub async fn chat(
     http: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    let mut named = None;
-    let result = async {
-        let req: ChatRequest = body::json(payload, &state.catalog.config().server).await?;
-        named = Some(req.model.clone());
-        let keep_alive = req.keep_alive;
-        if req.messages.is_empty() {
-            return load_or_unload(&state, &req.model, keep_alive, Kind::Chat).await;
-        }
-        let messages = messages(req.messages)?;
-        // A conversation that ends with the assistant's words asks for more of them.
-        let continue_final = messages
-            .last()
-            .is_some_and(|m| m.role == "assistant" && m.tool_calls.is_empty());
-        let mut g = gen_request(
-            Prompt::Chat {
-                messages,
-                continue_final,
-            },
-            "messages",
-            req.options,
-            req.format.as_ref(),
-            req.think.as_ref(),
-        )?;
-        g.tools = request::tools_from(req.tools, None)?;
-        g.tool_choice = request::tool_choice_from(None, !g.tools.is_empty())?;
-        run(
-            state.clone(),
-            &http,
-            &req.model,
-            Kind::Chat,
-            g,
-            req.stream.unwrap_or(true),
-            keep_alive,
-        )
-        .await
-    }
-    .await;
-    result.unwrap_or_else(|e| e.refuse(Api::Ollama, &state.catalog, named.as_deref()))
+    let (state, http) = (&state, &http);
+    route::serve(
+        state,
+        payload,
+        Api::Ollama,
+        |r: &ChatRequest| &r.model,
+        |req: ChatRequest| async move {
+            let keep_alive = req.keep_alive;
+            if req.messages.is_empty() {
+                return load_or_unload(state, &req.model, keep_alive, Kind::Chat).await;
+            }
+            let messages = messages(req.messages)?;
+            // A conversation that ends with the assistant's words asks for more of them.
+            let continue_final = messages
+                .last()
+                .is_some_and(|m| m.role == "assistant" && m.tool_calls.is_empty());
+            let mut g = gen_request(
+                Prompt::Chat {
+                    messages,
+                    continue_final,
+                },
+                "messages",
+                req.options,
+                req.format.as_ref(),
+                req.think.as_ref(),
+            )?;
+            g.tools = request::tools_from(req.tools, None)?;
+            g.tool_choice = request::tool_choice_from(None, !g.tools.is_empty())?;
+            run(
+                state.clone(),
+                http,
+                &req.model,
+                Kind::Chat,
+                g,
+                req.stream.unwrap_or(true),
+                keep_alive,
+            )
+            .await
+        },
+    )
+    .await
 }
 
 pub async fn generate(
@@ -405,50 +408,53 @@ pub async fn generate(
     http: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    let mut named = None;
-    let result = async {
-        let req: GenerateRequest = body::json(payload, &state.catalog.config().server).await?;
-        named = Some(req.model.clone());
-        let keep_alive = req.keep_alive;
-        if req.prompt.is_empty() {
-            return load_or_unload(&state, &req.model, keep_alive, Kind::Generate).await;
-        }
-        if req.images.as_ref().is_some_and(|i| !i.is_empty()) {
-            return Err(ApiError::bad_param(
-                "images",
-                "images are not supported by rkserve",
-            ));
-        }
-        if req.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
-            return Err(ApiError::bad_param(
-                "suffix",
-                "suffix (fill-in-the-middle) is not supported by rkserve",
-            ));
-        }
-        let g = gen_request(
-            Prompt::Text {
-                prompts: vec![req.prompt],
-                raw: req.raw,
-                system: req.system,
-            },
-            "prompt",
-            req.options,
-            req.format.as_ref(),
-            req.think.as_ref(),
-        )?;
-        run(
-            state.clone(),
-            &http,
-            &req.model,
-            Kind::Generate,
-            g,
-            req.stream.unwrap_or(true),
-            keep_alive,
-        )
-        .await
-    }
-    .await;
-    result.unwrap_or_else(|e| e.refuse(Api::Ollama, &state.catalog, named.as_deref()))
+    let (state, http) = (&state, &http);
+    route::serve(
+        state,
+        payload,
+        Api::Ollama,
+        |r: &GenerateRequest| &r.model,
+        |req: GenerateRequest| async move {
+            let keep_alive = req.keep_alive;
+            if req.prompt.is_empty() {
+                return load_or_unload(state, &req.model, keep_alive, Kind::Generate).await;
+            }
+            if req.images.as_ref().is_some_and(|i| !i.is_empty()) {
+                return Err(ApiError::bad_param(
+                    "images",
+                    "images are not supported by rkserve",
+                ));
+            }
+            if req.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
+                return Err(ApiError::bad_param(
+                    "suffix",
+                    "suffix (fill-in-the-middle) is not supported by rkserve",
+                ));
+            }
+            let g = gen_request(
+                Prompt::Text {
+                    prompts: vec![req.prompt],
+                    raw: req.raw,
+                    system: req.system,
+                },
+                "prompt",
+                req.options,
+                req.format.as_ref(),
+                req.think.as_ref(),
+            )?;
+            run(
+                state.clone(),
+                http,
+                &req.model,
+                Kind::Generate,
+                g,
+                req.stream.unwrap_or(true),
+                keep_alive,
+            )
+            .await
+        },
+    )
+    .await
 }
 
 /// What Ollama clients look for before offering a feature: every model can be given tools

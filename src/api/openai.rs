@@ -1,12 +1,12 @@
 //! The OpenAI API: `/v1/chat/completions`, `/v1/completions`, `/v1/models`. Requests are
 //! parsed into the shared [`GenRequest`]; replies and stream chunks are built from frames.
 
-use super::body;
 use super::disconnect::Client;
 use super::error::{Api, ApiError};
 use super::frames::{Finish, Frame, Reply, Shape};
 use super::generate::{self, Meta};
 use super::request::{self, GenRequest, Prompt, SamplingFields, WireToolCall};
+use super::route;
 use super::{sse, AppState};
 use actix_web::{web, HttpRequest, HttpResponse};
 use chat_template::ChatMessage;
@@ -286,34 +286,37 @@ pub async fn chat(
     http: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    let mut named = None;
-    let result = async {
-        let mut req: Common = body::json(payload, &state.catalog.config().server).await?;
-        named = Some(req.model.clone());
-        let msgs = req
-            .messages
-            .take()
-            .ok_or_else(|| ApiError::bad_param("messages", "missing field 'messages'"))?;
-        let messages = messages(msgs)?;
-        // A conversation that ends with the assistant's words asks for more of them (Open
-        // WebUI's "continue response"), as Ollama does; vLLM's flag can say otherwise.
-        let continue_final = req.continue_final_message.unwrap_or_else(|| {
-            messages
-                .last()
-                .is_some_and(|m| m.role == "assistant" && m.tool_calls.is_empty())
-        });
-        let g = gen_request(
-            &mut req,
-            Prompt::Chat {
-                messages,
-                continue_final,
-            },
-            "messages",
-        )?;
-        respond(&state, &http, &req, g, Kind::Chat).await
-    }
-    .await;
-    result.unwrap_or_else(|e| e.refuse(Api::OpenAi, &state.catalog, named.as_deref()))
+    let (state, http) = (&state, &http);
+    route::serve(
+        state,
+        payload,
+        Api::OpenAi,
+        |r: &Common| &r.model,
+        |mut req: Common| async move {
+            let msgs = req
+                .messages
+                .take()
+                .ok_or_else(|| ApiError::bad_param("messages", "missing field 'messages'"))?;
+            let messages = messages(msgs)?;
+            // A conversation that ends with the assistant's words asks for more of them (Open
+            // WebUI's "continue response"), as Ollama does; vLLM's flag can say otherwise.
+            let continue_final = req.continue_final_message.unwrap_or_else(|| {
+                messages
+                    .last()
+                    .is_some_and(|m| m.role == "assistant" && m.tool_calls.is_empty())
+            });
+            let g = gen_request(
+                &mut req,
+                Prompt::Chat {
+                    messages,
+                    continue_final,
+                },
+                "messages",
+            )?;
+            respond(state, http, &req, g, Kind::Chat).await
+        },
+    )
+    .await
 }
 
 pub async fn completions(
@@ -321,28 +324,31 @@ pub async fn completions(
     http: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    let mut named = None;
-    let result = async {
-        let mut req: Common = body::json(payload, &state.catalog.config().server).await?;
-        named = Some(req.model.clone());
-        let prompts = prompts(
-            req.prompt
-                .take()
-                .ok_or_else(|| ApiError::bad_param("prompt", "missing field 'prompt'"))?,
-        )?;
-        let g = gen_request(
-            &mut req,
-            Prompt::Text {
-                prompts,
-                raw: true,
-                system: None,
-            },
-            "prompt",
-        )?;
-        respond(&state, &http, &req, g, Kind::Text).await
-    }
-    .await;
-    result.unwrap_or_else(|e| e.refuse(Api::OpenAi, &state.catalog, named.as_deref()))
+    let (state, http) = (&state, &http);
+    route::serve(
+        state,
+        payload,
+        Api::OpenAi,
+        |r: &Common| &r.model,
+        |mut req: Common| async move {
+            let prompts = prompts(
+                req.prompt
+                    .take()
+                    .ok_or_else(|| ApiError::bad_param("prompt", "missing field 'prompt'"))?,
+            )?;
+            let g = gen_request(
+                &mut req,
+                Prompt::Text {
+                    prompts,
+                    raw: true,
+                    system: None,
+                },
+                "prompt",
+            )?;
+            respond(state, http, &req, g, Kind::Text).await
+        },
+    )
+    .await
 }
 
 #[derive(Clone, Copy, PartialEq)]
