@@ -6,7 +6,12 @@
 //! instance became free, whichever is later. The second matters: the clients of the run that
 //! just ended send their next requests a few milliseconds after it, and a request that waited
 //! through that run must not start alone without them. Otherwise the clients split into
-//! groups that take turns, each waiting out the other's whole run. On
+//! groups that take turns, each waiting out the other's whole run. Nor does it wait for
+//! clients who are back already: once as many requests came within the window of the last
+//! run's end as it had members, nobody else is known to be coming (one client alone never
+//! waits the window between its requests). That holds only where runs are re-formed: a burst
+//! just after a lone client's request then joins its run at the next step, where with static
+//! runs it would wait the whole run out. On
 //! ABI 1.2 (sampling fixed per handle) an instance prefers requests matching its current
 //! sampling, to avoid re-initialising, until the oldest request has waited `starvation_bound`.
 
@@ -26,6 +31,18 @@ pub struct Waiting {
     pub arrival: Instant,
 }
 
+/// The instance's last run, as the window sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freed {
+    /// When it ended and the instance became free.
+    pub at: Instant,
+    /// Requests it served: their clients are the ones expected back within the window.
+    pub members: usize,
+    /// Whether a request arriving after the next run starts can still join it (runs are
+    /// re-formed): only then may the run start before the window ends.
+    pub late_join: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Start a run with these queue positions, in slot order.
@@ -43,7 +60,7 @@ impl Policy {
         n_batch: usize,
         now: Instant,
         preferred: Option<BatchKey>,
-        free_since: Option<Instant>,
+        freed: Option<Freed>,
     ) -> Decision {
         let Some(oldest) = queue.first() else {
             return Decision::Idle;
@@ -61,9 +78,20 @@ impl Policy {
             .take(n_batch)
             .collect();
         let first_arrival = queue[members[0]].arrival;
-        let window_opens = free_since.map_or(first_arrival, |f| f.max(first_arrival));
+        let window_opens = freed.map_or(first_arrival, |f| f.at.max(first_arrival));
         let deadline = window_opens + self.batch_window;
-        if members.len() < n_batch && now < deadline {
+        // Requests that came within the window of the last run's end are its clients, back.
+        let all_back = freed.is_some_and(|f| {
+            if !f.late_join {
+                return false;
+            }
+            let back = members
+                .iter()
+                .filter(|&&i| (f.at..=f.at + self.batch_window).contains(&queue[i].arrival))
+                .count();
+            back >= f.members.max(1)
+        });
+        if members.len() < n_batch && now < deadline && !all_back {
             Decision::WaitUntil(deadline)
         } else {
             Decision::Run(members)
@@ -171,17 +199,22 @@ mod tests {
         // It arrived during a 2 s run; the instance is free at t + 2 s. The run's clients
         // come back within the window and join it.
         let free = t + 2000 * MS;
+        let freed = Some(Freed {
+            at: free,
+            members: 3,
+            late_join: true,
+        });
         assert_eq!(
-            policy().decide(&q, 4, free + MS, None, Some(free)),
+            policy().decide(&q, 4, free + MS, None, freed),
             Decision::WaitUntil(free + 5 * MS)
         );
         assert_eq!(
-            policy().decide(&q, 4, free + 5 * MS, None, Some(free)),
+            policy().decide(&q, 4, free + 5 * MS, None, freed),
             Decision::Run(vec![0])
         );
         // A full batch still starts at once.
         assert_eq!(
-            policy().decide(&[q[0]; 4], 4, free, None, Some(free)),
+            policy().decide(&[q[0]; 4], 4, free, None, freed),
             Decision::Run(vec![0, 1, 2, 3])
         );
         // An instance idle for long changes nothing for a new arrival.
@@ -190,8 +223,68 @@ mod tests {
             arrival: free + 100 * MS,
         }];
         assert_eq!(
-            policy().decide(&q, 4, free + 101 * MS, None, Some(free)),
+            policy().decide(&q, 4, free + 101 * MS, None, freed),
             Decision::WaitUntil(free + 105 * MS)
+        );
+    }
+
+    #[test]
+    fn once_the_last_runs_clients_are_back_nobody_else_is_awaited() {
+        let t = Instant::now();
+        let at = |ms: u32| Waiting {
+            key: key(0.5),
+            arrival: t + ms * MS,
+        };
+        // One client alone: its next request, 1 ms after its last run ended, starts at once.
+        let alone = Some(Freed {
+            at: t,
+            members: 1,
+            late_join: true,
+        });
+        assert_eq!(
+            policy().decide(&[at(1)], 4, t + 2 * MS, None, alone),
+            Decision::Run(vec![0])
+        );
+        // Three clients: two are back, the third is awaited (the window opens with the first
+        // back); with all three back, it runs.
+        let three = Some(Freed {
+            at: t,
+            members: 3,
+            late_join: true,
+        });
+        assert_eq!(
+            policy().decide(&[at(1), at(2)], 4, t + 2 * MS, None, three),
+            Decision::WaitUntil(t + 6 * MS)
+        );
+        assert_eq!(
+            policy().decide(&[at(1), at(2), at(3)], 4, t + 3 * MS, None, three),
+            Decision::Run(vec![0, 1, 2])
+        );
+        // One that waited through the run is no returning client: with it and one client
+        // back, the window still waits for the second.
+        let two = Some(Freed {
+            at: t + 10 * MS,
+            members: 2,
+            late_join: true,
+        });
+        assert_eq!(
+            policy().decide(&[at(1), at(11)], 4, t + 12 * MS, None, two),
+            Decision::WaitUntil(t + 15 * MS)
+        );
+        // With static runs the window always runs its course: a burst could not join later.
+        let static_runs = alone.map(|f| Freed {
+            late_join: false,
+            ..f
+        });
+        assert_eq!(
+            policy().decide(&[at(1)], 4, t + 2 * MS, None, static_runs),
+            Decision::WaitUntil(t + 6 * MS)
+        );
+        // A request long after the last run is no returning client: it waits the window
+        // for companions, as on a cold start.
+        assert_eq!(
+            policy().decide(&[at(100)], 4, t + 101 * MS, None, alone),
+            Decision::WaitUntil(t + 105 * MS)
         );
     }
 

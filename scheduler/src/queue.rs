@@ -1,6 +1,6 @@
 //! A model's waiting requests, in arrival order, and how an instance takes its next batch.
 
-use crate::policy::{Decision, Policy, Waiting};
+use crate::policy::{Decision, Freed, Policy, Waiting};
 use crate::records::{counted, Choices};
 use crate::request::{BatchKey, Event, Failure, FinishReason, Request, Timings};
 use crate::telemetry::{FailKind, ModelTelemetry, Outcome, RequestRecord};
@@ -177,7 +177,7 @@ pub fn take_batch(
     n_batch: usize,
     max_wait: Duration,
     preferred: Option<BatchKey>,
-    free_since: Option<Instant>,
+    freed: Option<Freed>,
     stop: impl Fn() -> bool,
 ) -> Option<(BatchKey, Vec<Pending>)> {
     let mut waiting = queue.waiting.lock();
@@ -193,7 +193,7 @@ pub fn take_batch(
             key: p.key,
             arrival: p.req.arrival,
         }));
-        match policy.decide(&view, n_batch, now, preferred, free_since) {
+        match policy.decide(&view, n_batch, now, preferred, freed) {
             Decision::Run(slots) => {
                 let key = view[slots[0]].key;
                 let mut members: Vec<Pending> = slots

@@ -11,6 +11,7 @@ use crate::cpus;
 use crate::engine;
 use crate::instance::{Instance, InstanceState};
 use crate::model::{Model, Shared};
+use crate::policy::Freed;
 use crate::queue::{take_batch, take_joining, Pending};
 use crate::request::{BatchKey, Failure, FinishReason};
 use crate::runner::{Cutter, Reforming, Run};
@@ -164,7 +165,7 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
     // What each slot's KV cache was last given: new requests go where their prefix is.
     let mut cached: Vec<Vec<u8>> = vec![Vec::new(); n_batch];
     let mut carry: Vec<Option<Sequence>> = (0..n_batch).map(|_| None).collect();
-    let mut free_since = None;
+    let mut freed = None;
     let mut runs = 0u64;
     let stop = || {
         shared.stopping() || model.unloading.load(Ordering::Acquire) || !inst.current(generation)
@@ -209,7 +210,7 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
                 n_batch,
                 cfg.max_queue_wait,
                 preferred,
-                free_since,
+                freed,
                 stop,
             );
             let Some(batch) = batch else { break };
@@ -219,10 +220,15 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
         // embedding run never interrupts generation sequences in their slots.
         if key == BatchKey::EMBEDDING {
             let fresh = refuse_unrunnable(fresh, &model.queue.tel);
+            let members = fresh.len();
             if !fresh.is_empty() {
                 crate::embed::run(&model, &inst, generation, &mut *engine, fresh);
             }
-            free_since = Some(Instant::now());
+            freed = Some(Freed {
+                at: Instant::now(),
+                members,
+                late_join: reform,
+            });
             *inst.memory.lock() = engine.memory();
             continue;
         }
@@ -237,6 +243,7 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
         let resumed: Vec<bool> = carry.iter().map(Option::is_some).collect();
         let mut slots = std::mem::replace(&mut carry, (0..n_batch).map(|_| None).collect());
         place(&mut slots, &mut cached, fresh, reform);
+        let members = slots.iter().filter(|s| s.is_some()).count();
         runs += 1;
         let end = Run {
             model: &model,
@@ -265,7 +272,11 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
         }
         carry = end.continuing;
         if carry.iter().all(Option::is_none) {
-            free_since = Some(Instant::now());
+            freed = Some(Freed {
+                at: Instant::now(),
+                members,
+                late_join: reform,
+            });
         }
         if !inst.current(generation) {
             end_carried(&mut carry, &model);
