@@ -32,8 +32,15 @@ pub enum LoadError {
 pub enum Error {
     #[error(transparent)]
     Load(#[from] LoadError),
-    #[error("rkllm_init failed for model {model} (see the runtime's log above for the reason)")]
-    InitFailed { model: String },
+    #[error(
+        "rkllm_init failed for model {model} (see the runtime's log above for the reason){}",
+        hint.map(|f| format!("; {}", family_hint(f))).unwrap_or_default()
+    )]
+    InitFailed {
+        model: String,
+        /// The family the library looks like it speaks, when it is not the configured one.
+        hint: Option<crate::AbiFamily>,
+    },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     #[error("{what} is not available in ABI family {family}")]
@@ -53,6 +60,14 @@ pub enum Error {
     /// The worker process holding the runtime is gone.
     #[error("the runtime's worker process {how}{}", stderr_tail(.stderr))]
     WorkerDied { how: String, stderr: Vec<String> },
+}
+
+/// What to tell a user whose library looks like it speaks `family` instead.
+pub(crate) fn family_hint(family: crate::AbiFamily) -> String {
+    format!(
+        "this looks like a v{family} library: set runtime.abi = {family} (--runtime-abi \
+         {family}; rkllm-run --abi {family}), or run rkllm-run probe"
+    )
 }
 
 fn stderr_tail(lines: &[String]) -> String {

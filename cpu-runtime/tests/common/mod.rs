@@ -621,7 +621,7 @@ macro_rules! conformance_suite {
                 let mut p = rt.default_params();
                 p.model_path = path.clone();
                 match rt.init(&p) {
-                    Err(rkllm::Error::InitFailed { model }) => assert!(model.contains(path.file_name().unwrap().to_str().unwrap())),
+                    Err(rkllm::Error::InitFailed { model, .. }) => assert!(model.contains(path.file_name().unwrap().to_str().unwrap())),
                     other => panic!("{}: expected InitFailed, got {:?}", path.display(), other.map(|_| ())),
                 }
             }
