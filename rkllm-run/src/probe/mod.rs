@@ -27,6 +27,11 @@ pub struct ProbeArgs {
     /// Where to write the JSON report.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Also write the report into this directory under the name rkserve looks for
+    /// (`<library sha256>-<model sha256>.json`): rkserve's runtime.probe_dir, by default
+    /// `probe/` in its models directory.
+    #[arg(long)]
+    cache: Option<PathBuf>,
     /// Try only this ABI family instead of both.
     #[arg(long)]
     abi: Option<AbiFamily>,
@@ -148,7 +153,18 @@ pub fn probe(args: ProbeArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(path) = &args.json {
         std::fs::write(path, report.to_json())
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        eprintln!("report written to {}", path.display());
+        println!("report written to {}", path.display());
+    }
+    if let Some(dir) = &args.cache {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let path = dir.join(ProbeReport::cache_name(
+            &report.library.sha256,
+            &report.model.sha256,
+        ));
+        std::fs::write(&path, report.to_json())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        println!("report cached as {}", path.display());
     }
     Ok(())
 }
