@@ -77,3 +77,32 @@ fn stderr_tail(lines: &[String]) -> String {
         format!("; its last output: {}", lines.join(" | "))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::AbiFamily;
+
+    #[test]
+    fn an_init_failure_that_fits_the_other_family_names_it_and_the_fix() {
+        let e = Error::InitFailed {
+            model: "m.rkllm".into(),
+            hint: Some(AbiFamily::V1_2),
+        };
+        let msg = e.to_string();
+        for part in [
+            "rkllm_init failed for model m.rkllm",
+            "this looks like a v1.2 library",
+            "set runtime.abi = 1.2",
+            "rkllm-run probe",
+        ] {
+            assert!(msg.contains(part), "{part:?} not in {msg}");
+        }
+        let plain = Error::InitFailed {
+            model: "m.rkllm".into(),
+            hint: None,
+        }
+        .to_string();
+        assert!(!plain.contains("looks like"), "{plain}");
+    }
+}

@@ -82,7 +82,11 @@ pub fn assert_faulty_findings(report: &Value, printed: &str, family: &str) {
     assert_eq!(report["exported_family"], family);
     let other = if family == "1.2" { "1.3" } else { "1.2" };
     assert_eq!(check(report, "family", family)["status"], "ok");
-    assert_ne!(check(report, "family", other)["status"], "ok");
+    let wrong = check(report, "family", other);
+    assert_ne!(wrong["status"], "ok");
+    // The wrong layouts' init failure says which family the library looks like.
+    let hint = format!("this looks like a v{family} library: set runtime.abi = {family}");
+    assert!(wrong["detail"].as_str().unwrap().contains(&hint), "{wrong}");
     for arg in ["1", "2", "4"] {
         assert_eq!(
             check(report, "n_batch", arg)["status"],

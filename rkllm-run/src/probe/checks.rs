@@ -132,8 +132,9 @@ pub fn run_check(a: CheckArgs) {
         status: found.status,
         detail: found.detail,
         figures: found.figures,
-        vm_hwm_mb: Memory::of_pid(std::process::id()).map(|m| m.hwm as f64 / (1 << 20) as f64),
-        elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
+        vm_hwm_mb: Memory::of_pid(std::process::id())
+            .map(|m| (m.hwm as f64 / (1 << 20) as f64 * 10.0).round() / 10.0),
+        elapsed_ms: ms(started.elapsed()),
     };
     println!(
         "{RESULT_PREFIX}{}",
@@ -671,7 +672,8 @@ fn batch_curve(a: &CheckArgs) -> Result<Found, String> {
     let tps = decode_tokens as f64 / secs;
     let step_ms = secs * 1000.0 / (ran.steps.len() - 1) as f64;
     Ok(Found::ok(format!(
-        "{n} sequences: {tps:.1} tok/s aggregate, {step_ms:.2} ms per step"
+        "{n} sequence{}: {tps:.1} tok/s aggregate, {step_ms:.2} ms per step",
+        if n == 1 { "" } else { "s" }
     ))
     .with("tok_per_s", (tps * 100.0).round() / 100.0)
     .with("step_ms", (step_ms * 1000.0).round() / 1000.0)

@@ -107,7 +107,7 @@ pub fn run(exe: &Path, t: &Target, s: &Spec) -> CheckResult {
         detail,
         figures: Default::default(),
         vm_hwm_mb: None,
-        elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
+        elapsed_ms: elapsed(started),
     };
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -164,8 +164,12 @@ pub fn run(exe: &Path, t: &Target, s: &Spec) -> CheckResult {
     let line = out.iter().rev().find_map(|l| l.strip_prefix(RESULT_PREFIX));
     match line.map(serde_json::from_str::<CheckResult>) {
         Some(Ok(mut r)) if status.success() => {
+            if r.status == Status::Failed {
+                // The runtime says why on stderr ("see the runtime's log").
+                r.detail.push_str(&tail());
+            }
             r.arg = s.arg.clone();
-            r.elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+            r.elapsed_ms = elapsed(started);
             r
         }
         Some(Ok(r)) => {
@@ -173,7 +177,7 @@ pub fn run(exe: &Path, t: &Target, s: &Spec) -> CheckResult {
             let how = worker::describe_exit(status);
             let mut r = CheckResult {
                 arg: s.arg.clone(),
-                elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
+                elapsed_ms: elapsed(started),
                 ..r
             };
             r.status = Status::Crashed;
@@ -187,6 +191,11 @@ pub fn run(exe: &Path, t: &Target, s: &Spec) -> CheckResult {
             result(Status::Crashed, format!("{}{}", crash(&how), tail()))
         }
     }
+}
+
+/// Milliseconds, to the microsecond.
+fn elapsed(since: Instant) -> f64 {
+    (since.elapsed().as_secs_f64() * 1e6).round() / 1e3
 }
 
 /// "crashed: signal 6 (SIGABRT)" from "was killed by signal 6 (SIGABRT)".
