@@ -15,7 +15,7 @@ pub enum LoadError {
     MissingSymbol { path: PathBuf, symbol: &'static str },
     #[error(
         "{path} speaks RKLLM ABI family {library}, but family {requested} was requested: \
-         set --runtime-abi {library} (config runtime_abi = \"{library}\"; rkllm-run --abi \
+         set --runtime-abi {library} (config runtime.abi = \"{library}\"; rkllm-run --abi \
          {library}), or start rkserve's CPU runtime with RKLLM_CPU_ABI={requested}"
     )]
     AbiMismatch {

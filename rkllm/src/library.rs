@@ -321,7 +321,7 @@ mod tests {
             ),
             "{msg}"
         );
-        for part in ["1.3", "1.2", "--runtime-abi 1.3", "runtime_abi"] {
+        for part in ["1.3", "1.2", "--runtime-abi 1.3", "runtime.abi"] {
             assert!(msg.contains(part), "{part:?} missing from: {msg}");
         }
     }
