@@ -285,6 +285,64 @@ mod tests {
         }
     }
 
+    fn report_about(lib: &FileId, model: &FileId) -> String {
+        ProbeReport {
+            schema: rkllm::probe_report::SCHEMA,
+            library: lib.clone(),
+            model: model.clone(),
+            family: Some("1.2".into()),
+            exported_family: None,
+            checks: vec![],
+            recommendations: rec(),
+            batch_curve: vec![],
+            batch_alpha: None,
+            peak_vm_hwm_mb: None,
+            probed_at: 0,
+            tool: "test".into(),
+        }
+        .to_json()
+    }
+
+    #[test]
+    fn a_configured_report_about_other_files_gives_way_to_the_cached_one_for_these() {
+        let d = tempfile::tempdir().unwrap();
+        let file = |name: &str, body: &str| {
+            let p = d.path().join(name);
+            std::fs::write(&p, body).unwrap();
+            FileId::of(&p).unwrap()
+        };
+        let (lib, model, other) = (
+            file("lib.so", "lib"),
+            file("m.rkllm", "m"),
+            file("o.rkllm", "o"),
+        );
+        let cache = d.path().join("probe");
+        std::fs::create_dir(&cache).unwrap();
+        let configured = d.path().join("configured.json");
+        std::fs::write(&configured, report_about(&lib, &other)).unwrap();
+        let reports = ProbeReports::new(Some(configured.clone()), cache.clone());
+        assert!(reports.find("m", &lib.path, &model.path).is_none());
+        let cached = cache.join(ProbeReport::cache_name(&lib.sha256, &model.sha256));
+        std::fs::write(&cached, report_about(&lib, &model)).unwrap();
+        let (path, r) = reports
+            .find("m", &lib.path, &model.path)
+            .expect("the cached report");
+        assert_eq!(path, cached);
+        assert_eq!(r.model.sha256, model.sha256);
+        // The configured one is taken first when it is about these files.
+        let (path, _) = reports
+            .find("o", &lib.path, &other.path)
+            .expect("the configured report");
+        assert_eq!(path, configured);
+        // Without a configured report and an empty cache, nothing is hashed or found.
+        let empty = ProbeReports::new(None, d.path().join("none"));
+        assert!(empty.find("m", &lib.path, &model.path).is_none());
+        assert!(
+            empty.ids.lock().is_empty(),
+            "nothing to match, nothing hashed"
+        );
+    }
+
     #[test]
     fn a_probe_where_nothing_could_be_cut_turns_reform_off_and_a_smaller_n_batch_stays() {
         let mut m = Mechanisms {
