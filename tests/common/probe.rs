@@ -145,5 +145,16 @@ pub async fn assert_server_takes_the_probe(models: &Path, extra: &str, family: &
     )
     .await;
     assert_eq!(r.status, 200, "{r:?}");
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("text");
+    let gauge = metrics
+        .lines()
+        .find(|l| l.starts_with("rkserve_instance_n_batch{") && l.contains("model=\"probed\""))
+        .unwrap_or_else(|| panic!("no rkserve_instance_n_batch for probed:\n{metrics}"));
+    assert!(gauge.ends_with(" 4"), "{gauge}");
     server
 }
