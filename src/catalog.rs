@@ -12,6 +12,7 @@ use crate::config::IsolationMode;
 use crate::config::{Config, Models, DEFAULT_MODEL, DEFAULT_MODEL_FILE};
 use crate::duration::KeepAlive;
 use crate::models::{Lease, ModelManager};
+use crate::probe::{Explicit, Mechanisms, ProbeReports};
 use crate::registry::{self, ModelEntry, ModelKind};
 use crate::tokenizer::Tokenizer;
 use chat_template::ChatTemplate;
@@ -47,6 +48,8 @@ pub struct Served {
     pub parameters: Option<u64>,
     pub n_batch: u8,
     pub instances: usize,
+    /// The ABI family and how runs are cut: the settings, or a probe report's choice.
+    pub mechanisms: Mechanisms,
     /// How embeddings pool the tokens' states: the GGUF's `pooling_type`, else mean.
     pub pooling: scheduler::Pooling,
     /// The embedding size, where the model's metadata says it (GGUF).
@@ -61,6 +64,7 @@ pub struct Catalog {
     /// unchanged, a listing need not read every sidecar again.
     scanned: Mutex<Option<Vec<Option<std::time::SystemTime>>>>,
     prepared: Mutex<HashMap<String, Arc<Served>>>,
+    probes: ProbeReports,
     models: ModelManager,
     pub scheduler: Arc<Scheduler>,
 }
@@ -147,7 +151,15 @@ impl Catalog {
             vec![],
             cfg.server.stats_window,
         ));
+        let probes = ProbeReports::new(
+            cfg.runtime.probe.clone(),
+            cfg.runtime
+                .probe_dir
+                .clone()
+                .unwrap_or_else(|| cfg.models.dir.join("probe")),
+        );
         let catalog = Catalog {
+            probes,
             runtime_lib,
             scanned: Mutex::new(Some(dir_times(&cfg.models.dir))),
             entries: RwLock::new(entries),
@@ -270,6 +282,7 @@ impl Catalog {
             .context_len
             .or(gguf.as_ref().map(|g| g.context_len).filter(|&c| c > 0))
             .unwrap_or(self.cfg.scheduler.default_context_len);
+        let mechanisms = self.mechanisms(&entry)?;
         let mut stop = template.stop_strings();
         stop.extend(side.stop.clone().unwrap_or_default());
         stop.retain(|s| !s.is_empty());
@@ -281,7 +294,8 @@ impl Catalog {
                 .or_else(|| template.family().map(str::to_string))
                 .unwrap_or_else(|| "unknown".into()),
             parameters: gguf.as_ref().map(|g| g.parameters),
-            n_batch: side.n_batch.unwrap_or(self.cfg.scheduler.n_batch),
+            n_batch: mechanisms.n_batch,
+            mechanisms,
             instances: side.instances.unwrap_or(self.cfg.scheduler.instances),
             pooling: gguf
                 .as_ref()
@@ -296,21 +310,55 @@ impl Catalog {
         })
     }
 
-    fn model_config(&self, s: &Served) -> Result<ModelConfig, CatalogError> {
-        let side = &s.entry.sidecar;
-        let sc = &self.cfg.scheduler;
-        let lib = side
+    fn runtime_lib(&self, entry: &ModelEntry) -> PathBuf {
+        entry
+            .sidecar
             .runtime_lib
             .clone()
-            .unwrap_or_else(|| self.runtime_lib.clone());
-        let mut m = ModelConfig::new(s.entry.name.clone(), s.entry.path.clone(), lib);
-        m.abi = match &side.abi {
-            Some(a) => a.parse().map_err(|e: String| CatalogError::Invalid {
-                model: s.entry.name.clone(),
-                reason: e,
-            })?,
-            None => self.cfg.runtime.abi,
+            .unwrap_or_else(|| self.runtime_lib.clone())
+    }
+
+    /// The settings a probe report may choose, from the configuration and the sidecar, then
+    /// from a report about this library and model where neither set them.
+    fn mechanisms(&self, entry: &ModelEntry) -> Result<Mechanisms, CatalogError> {
+        let side = &entry.sidecar;
+        let sc = &self.cfg.scheduler;
+        let mut m = Mechanisms {
+            abi: match &side.abi {
+                Some(a) => a.parse().map_err(|e: String| CatalogError::Invalid {
+                    model: entry.name.clone(),
+                    reason: e,
+                })?,
+                None => self.cfg.runtime.abi,
+            },
+            n_batch: side.n_batch.unwrap_or(sc.n_batch),
+            reform: sc.reform,
+            reform_via: sc.reform_via,
         };
+        let explicit = Explicit {
+            abi: self.cfg.explicit.abi || side.abi.is_some(),
+            n_batch: self.cfg.explicit.n_batch || side.n_batch.is_some(),
+            ..self.cfg.explicit
+        };
+        let lib = self.runtime_lib(entry);
+        if let Some((path, report)) = self.probes.find(&entry.name, &lib, &entry.path) {
+            let line = crate::probe::apply(
+                &entry.name,
+                &path,
+                &report.recommendations,
+                explicit,
+                &mut m,
+            );
+            tracing::info!(model = %entry.name, "{line}");
+        }
+        Ok(m)
+    }
+
+    fn model_config(&self, s: &Served) -> Result<ModelConfig, CatalogError> {
+        let sc = &self.cfg.scheduler;
+        let lib = self.runtime_lib(&s.entry);
+        let mut m = ModelConfig::new(s.entry.name.clone(), s.entry.path.clone(), lib);
+        m.abi = s.mechanisms.abi;
         m.context_len = s.context_len;
         m.instances = s.instances;
         m.n_batch = s.n_batch;
@@ -320,8 +368,8 @@ impl Catalog {
         m.starvation_bound = sc.starvation_bound;
         m.stall_timeout = sc.stall_timeout;
         m.destroy_timeout = sc.destroy_timeout;
-        m.reform = sc.reform;
-        m.cut_via = sc.reform_via;
+        m.reform = s.mechanisms.reform;
+        m.cut_via = s.mechanisms.reform_via;
         m.cpus = (!sc.cpus.is_empty()).then(|| sc.cpus.clone());
         m.pooling = s.pooling;
         m.release_hidden_states = self.cfg.runtime.release_hidden_states;

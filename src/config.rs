@@ -14,6 +14,9 @@ pub struct Config {
     pub runtime: Runtime,
     pub models: Models,
     pub scheduler: Scheduler,
+    /// Which settings a probe report may choose were set by the user (file, flag or env).
+    #[serde(skip)]
+    pub explicit: crate::probe::Explicit,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -94,6 +97,12 @@ pub struct Runtime {
     /// runtime ends that instance, which restarts) or `in-process`.
     #[serde(deserialize_with = "de_parse")]
     pub isolation: IsolationMode,
+    /// A board probe's report (`rkllm-run probe --json`): when it is about this library and
+    /// model, it chooses the settings above and below that are not set.
+    pub probe: Option<PathBuf>,
+    /// Reports named `<library sha256>-<model sha256>.json` (`rkllm-run probe --cache`).
+    /// Unset: `probe/` in the models directory.
+    pub probe_dir: Option<PathBuf>,
 }
 
 /// `runtime.isolation`.
@@ -233,6 +242,9 @@ pub struct Cli {
     pub runtime_lib: Option<PathBuf>,
     #[arg(long, env = "RKSERVE_RUNTIME_ABI")]
     pub runtime_abi: Option<AbiFamily>,
+    /// A board probe's JSON report (rkllm-run probe --json).
+    #[arg(long, env = "RKSERVE_RUNTIME_PROBE")]
+    pub runtime_probe: Option<PathBuf>,
     /// `process` (default: each instance's runtime in a worker process) or `in-process`.
     #[arg(long, env = "RKSERVE_ISOLATION")]
     pub isolation: Option<IsolationMode>,
@@ -281,13 +293,19 @@ impl Config {
                     path: p.clone(),
                     source,
                 })?;
-                toml::from_str(&text).map_err(|source| ConfigError::Parse {
-                    path: p.clone(),
-                    source,
-                })?
+                let mut cfg: Config =
+                    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                        path: p.clone(),
+                        source,
+                    })?;
+                cfg.explicit = explicit_in(&text);
+                cfg
             }
             None => Config::default(),
         };
+        if let Some(p) = &cli.runtime_probe {
+            cfg.runtime.probe = Some(p.clone());
+        }
         if let Some(h) = &cli.host {
             cfg.server.host = h.clone();
         }
@@ -308,6 +326,7 @@ impl Config {
         }
         if let Some(a) = cli.runtime_abi {
             cfg.runtime.abi = a;
+            cfg.explicit.abi = true;
         }
         if let Some(k) = &cli.api_keys {
             cfg.server.api_keys = k.iter().filter(|k| !k.is_empty()).cloned().collect();
@@ -317,12 +336,14 @@ impl Config {
         }
         if let Some(n) = cli.n_batch {
             cfg.scheduler.n_batch = n;
+            cfg.explicit.n_batch = true;
         }
         if let Some(n) = cli.instances {
             cfg.scheduler.instances = n;
         }
         if let Some(r) = cli.reform {
             cfg.scheduler.reform = r;
+            cfg.explicit.reform = true;
         }
         // An empty key would match a request's empty bearer token: it must not pass for a
         // key, and silently dropping it could leave a server open that was meant to be shut.
@@ -339,6 +360,19 @@ impl Config {
             )));
         }
         Ok(cfg)
+    }
+}
+
+/// Which of the settings a probe may choose the file sets (a typed parse has filled in
+/// defaults for the others, so only the text can tell).
+fn explicit_in(text: &str) -> crate::probe::Explicit {
+    let table: toml::Table = text.parse().unwrap_or_default();
+    let set = |section: &str, key: &str| table.get(section).and_then(|s| s.get(key)).is_some();
+    crate::probe::Explicit {
+        abi: set("runtime", "abi"),
+        n_batch: set("scheduler", "n_batch"),
+        reform: set("scheduler", "reform"),
+        reform_via: set("scheduler", "reform_via"),
     }
 }
 
@@ -360,6 +394,27 @@ mod tests {
         assert_eq!(file.runtime.abi, d.runtime.abi);
         assert_eq!(file.server.drain_timeout, d.server.drain_timeout);
         assert_eq!(file.server.agent_port, d.server.agent_port);
+    }
+
+    #[test]
+    fn settings_a_probe_may_choose_are_explicit_only_when_written_or_flagged() {
+        let e = explicit_in("[runtime]\nabi = \"1.2\"\n[scheduler]\nreform_via = \"abort\"\n");
+        assert!(e.abi && e.reform_via && !e.n_batch && !e.reform, "{e:?}");
+        let shipped =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/rkserve.toml"))
+                .unwrap();
+        assert_eq!(
+            explicit_in(&shipped),
+            crate::probe::Explicit::default(),
+            "the shipped file must leave them to a probe"
+        );
+        let cli = Cli::parse_from(["rkserve", "--n-batch", "4", "--runtime-probe", "p.json"]);
+        let cfg = Config::load(&cli).unwrap();
+        assert!(cfg.explicit.n_batch && !cfg.explicit.abi);
+        assert_eq!(
+            cfg.runtime.probe.as_deref(),
+            Some(std::path::Path::new("p.json"))
+        );
     }
 
     #[test]

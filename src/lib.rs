@@ -17,6 +17,7 @@ pub mod drain;
 pub mod duration;
 pub mod exporter;
 pub mod models;
+pub mod probe;
 pub mod registry;
 pub mod shutdown;
 pub mod tokenizer;

@@ -175,7 +175,10 @@ impl Handle {
             }
         };
         if code != 0 || raw.is_null() {
-            return Err(Error::InitFailed { model });
+            return Err(Error::InitFailed {
+                model,
+                hint: rt.other_family_fits(),
+            });
         }
         Ok(Handle {
             rt,

@@ -8,12 +8,14 @@
 
 pub mod abi;
 mod callback;
+mod defaults;
 mod engine;
 mod error;
 mod handle;
 mod in_process;
 mod library;
 mod params;
+pub mod probe_report;
 
 pub use callback::{Flow, HiddenStates, SlotResult, Step, StepState};
 pub use engine::{Engine, EngineSpec, Memory, OnStep, RunParams, StopRun, Stopper};

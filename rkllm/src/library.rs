@@ -1,4 +1,5 @@
 use crate::abi::{self, v1_2, v1_3};
+use crate::defaults::{decode, implausible, other_family_fits, RawDefaultFn, RawParam};
 use crate::error::{Error, LoadError};
 use crate::handle::Handle;
 use crate::params::InitParams;
@@ -61,13 +62,11 @@ impl FromStr for AbiFamily {
 #[derive(Clone, Copy)]
 pub(crate) enum FamilyFns {
     V1_2 {
-        create_default: v1_2::CreateDefaultParamFn,
         init: v1_2::InitFn,
         run: v1_2::RunFn,
         run_async: Option<v1_2::RunFn>,
     },
     V1_3 {
-        create_default: v1_3::CreateDefaultParamFn,
         init: v1_3::InitFn,
         run: v1_3::RunFn,
         run_async: Option<v1_3::RunFn>,
@@ -79,6 +78,7 @@ pub(crate) enum FamilyFns {
 #[derive(Clone, Copy)]
 pub(crate) struct Fns {
     pub family: FamilyFns,
+    pub create_default: RawDefaultFn,
     pub destroy: abi::DestroyFn,
     pub abort: abi::AbortFn,
     pub is_running: abi::IsRunningFn,
@@ -101,6 +101,8 @@ pub(crate) struct Loaded {
 pub struct Runtime {
     pub(crate) inner: Arc<Loaded>,
     family: AbiFamily,
+    /// What `rkllm_cpu_abi_family` returned, where the library exports it.
+    reported: Option<i32>,
 }
 
 impl fmt::Debug for Runtime {
@@ -157,6 +159,25 @@ fn optional<T: Copy>(lib: &libloading::Library, symbol: &'static str) -> Option<
 impl Runtime {
     /// Loads a runtime library and resolves its symbols for `family`.
     pub fn load(path: impl AsRef<Path>, family: AbiFamily) -> Result<Runtime, LoadError> {
+        let rt = Runtime::load_unverified(path, family)?;
+        check_family(rt.path(), family, rt.reported)?;
+        if let Some(other) = rt.other_family_fits() {
+            tracing::warn!(
+                "{}: its default parameters read as nonsense in ABI family {family} and as \
+                 sane ones in {other}; {}",
+                rt.path().display(),
+                crate::error::family_hint(other)
+            );
+        }
+        Ok(rt)
+    }
+
+    /// Loads a library in `family`'s layouts even when it says it speaks the other: for
+    /// probing which family works, in a process that may die of it (`rkllm-run probe`).
+    pub fn load_unverified(
+        path: impl AsRef<Path>,
+        family: AbiFamily,
+    ) -> Result<Runtime, LoadError> {
         let path = path.as_ref();
         if !path.exists() {
             return Err(LoadError::NotFound(path.to_path_buf()));
@@ -171,16 +192,13 @@ impl Runtime {
         // SAFETY: `int rkllm_cpu_abi_family(void)` takes nothing and only reads the library's
         // configuration; `lib` is loaded for the call.
         let reported = report.map(|f| unsafe { f() });
-        check_family(path, family, reported)?;
         let family_fns = match family {
             AbiFamily::V1_2 => FamilyFns::V1_2 {
-                create_default: required(&lib, path, "rkllm_createDefaultParam")?,
                 init: required(&lib, path, "rkllm_init")?,
                 run: required(&lib, path, "rkllm_run")?,
                 run_async: optional(&lib, "rkllm_run_async"),
             },
             AbiFamily::V1_3 => FamilyFns::V1_3 {
-                create_default: required(&lib, path, "rkllm_createDefaultParam")?,
                 init: required(&lib, path, "rkllm_init")?,
                 run: required(&lib, path, "rkllm_run")?,
                 run_async: optional(&lib, "rkllm_run_async"),
@@ -188,6 +206,7 @@ impl Runtime {
         };
         let fns = Fns {
             family: family_fns,
+            create_default: required(&lib, path, "rkllm_createDefaultParam")?,
             destroy: required(&lib, path, "rkllm_destroy")?,
             abort: required(&lib, path, "rkllm_abort")?,
             is_running: required(&lib, path, "rkllm_is_running")?,
@@ -204,6 +223,7 @@ impl Runtime {
                 _lib: lib,
             }),
             family,
+            reported,
         })
     }
 
@@ -215,17 +235,34 @@ impl Runtime {
         &self.inner.path
     }
 
+    /// The family `rkllm_cpu_abi_family` names, where the library exports it (rkserve's CPU
+    /// runtime): `Some(Err(code))` for a code of no known family.
+    pub fn reported_family(&self) -> Option<Result<AbiFamily, i32>> {
+        self.reported.map(|c| AbiFamily::from_code(c).ok_or(c))
+    }
+
+    fn raw_defaults(&self) -> RawParam {
+        // SAFETY: `rkllm_createDefaultParam` takes nothing and returns an RKLLMParam of at
+        // most 208 bytes through the caller's return buffer; RawParam's 256 bytes hold either
+        // family's, and every byte pattern in it is a valid RawParam.
+        unsafe { (self.inner.fns.create_default)() }
+    }
+
     /// The runtime's own defaults (`rkllm_createDefaultParam`), as family-neutral parameters.
     pub fn default_params(&self) -> InitParams {
-        match self.inner.fns.family {
-            // SAFETY: each is declared with the layout of the family the caller chose.
-            FamilyFns::V1_2 { create_default, .. } => {
-                InitParams::from_v1_2(&unsafe { create_default() })
-            }
-            FamilyFns::V1_3 { create_default, .. } => {
-                InitParams::from_v1_3(&unsafe { create_default() })
-            }
-        }
+        decode(self.family, &self.raw_defaults())
+    }
+
+    /// Why the runtime's defaults cannot be real ones in the loaded family, if they cannot
+    /// (an `n_batch` of 0, say): the first sign of the wrong family on Rockchip's library.
+    pub fn implausible_defaults(&self) -> Option<String> {
+        implausible(&self.default_params())
+    }
+
+    /// The other family, when the runtime's defaults read as nonsense in the loaded one and
+    /// as sane values in it.
+    pub fn other_family_fits(&self) -> Option<AbiFamily> {
+        other_family_fits(self.family, &self.raw_defaults())
     }
 
     /// Creates a handle: loads the model and allocates `n_batch` sequences.
@@ -284,7 +321,7 @@ mod tests {
             ),
             "{msg}"
         );
-        for part in ["1.3", "1.2", "--runtime-abi 1.3", "runtime_abi"] {
+        for part in ["1.3", "1.2", "--runtime-abi 1.3", "runtime.abi"] {
             assert!(msg.contains(part), "{part:?} missing from: {msg}");
         }
     }

@@ -11,6 +11,8 @@ pub mod protocol;
 mod tail;
 
 pub use child::child_main;
+/// How a child process ended, in words ("was killed by signal 6 (SIGABRT)").
+pub use exit::describe as describe_exit;
 pub use parent::Worker;
 
 /// The first argument that makes the server's executable a worker.

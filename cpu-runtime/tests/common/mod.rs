@@ -585,12 +585,38 @@ macro_rules! conformance_suite {
                     assert_eq!((requested, library), (other, FAMILY));
                     let msg = e.to_string();
                     assert!(msg.contains(&format!("--runtime-abi {FAMILY}")), "{msg}");
-                    assert!(msg.contains("runtime_abi"), "{msg}");
+                    assert!(msg.contains("runtime.abi"), "{msg}");
                 }
                 other => panic!("expected AbiMismatch, got {:?}", other.map(|_| ())),
             }
             assert!(rkllm::Runtime::load(rt.path(), FAMILY).is_ok());
             assert_eq!(raw_abi_family(), FAMILY.code());
+        }
+
+        #[test]
+        fn the_other_familys_layouts_fail_init_with_a_hint_naming_this_family() {
+            // As with Rockchip's library, which cannot say: the wrong layouts get past
+            // loading, and the symptoms of the failed init name the right family.
+            let rt = runtime(FAMILY);
+            let other = match FAMILY {
+                rkllm::AbiFamily::V1_2 => rkllm::AbiFamily::V1_3,
+                rkllm::AbiFamily::V1_3 => rkllm::AbiFamily::V1_2,
+            };
+            let wrong = rkllm::Runtime::load_unverified(rt.path(), other).unwrap();
+            assert!(wrong.implausible_defaults().is_some());
+            assert_eq!(wrong.other_family_fits(), Some(FAMILY));
+            let mut p = rkllm::InitParams::default();
+            p.model_path = model_path();
+            match wrong.init(&p) {
+                Err(e @ rkllm::Error::InitFailed { hint: Some(h), .. }) => {
+                    assert_eq!(h, FAMILY);
+                    let msg = e.to_string();
+                    let want = format!("this looks like a v{FAMILY} library: set runtime.abi = {FAMILY}");
+                    assert!(msg.contains(&want), "{msg}");
+                }
+                other => panic!("expected InitFailed with a hint, got {:?}", other.map(|_| ())),
+            }
+            assert_eq!(rt.other_family_fits(), None, "the right family gets no hint");
         }
 
         #[test]
@@ -621,7 +647,7 @@ macro_rules! conformance_suite {
                 let mut p = rt.default_params();
                 p.model_path = path.clone();
                 match rt.init(&p) {
-                    Err(rkllm::Error::InitFailed { model }) => assert!(model.contains(path.file_name().unwrap().to_str().unwrap())),
+                    Err(rkllm::Error::InitFailed { model, .. }) => assert!(model.contains(path.file_name().unwrap().to_str().unwrap())),
                     other => panic!("{}: expected InitFailed, got {:?}", path.display(), other.map(|_| ())),
                 }
             }
