@@ -145,6 +145,20 @@ pub struct LlamaEngine<'m> {
 /// llama.cpp sizes its output buffer (logits included) by this, so it is kept small.
 const EMBED_CHUNK: usize = 128;
 
+/// llama.cpp's CPU flash attention takes its tiled path only for 64 query tokens or more;
+/// a warm prompt of a dozen new tokens goes through the per-token path, ~3x the CPU time of
+/// plain matrix-product attention (docs/runtime.md). Off, a warm request is that much
+/// cheaper, but a reply cut and resumed (issue 12) is no longer bit-exact with greedy
+/// sampling: matrix products round differently by batch size. So it stays llama.cpp's choice
+/// (`auto`) unless `RKLLM_CPU_FLASH_ATTN` says `0` or `1`.
+fn flash_attention() -> llama_cpp_sys_2::llama_flash_attn_type {
+    match std::env::var("RKLLM_CPU_FLASH_ATTN").as_deref() {
+        Ok("0") => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        Ok("1") => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+        _ => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
+    }
+}
+
 fn prefix_reuse_enabled() -> bool {
     std::env::var_os("RKLLM_CPU_PREFIX_REUSE").is_none_or(|v| v != "0")
 }
@@ -244,6 +258,7 @@ impl<'m> LlamaEngine<'m> {
             .with_n_ctx(n_ctx)
             .with_n_seq_max(n as u32)
             .with_kv_unified(false)
+            .with_flash_attention_policy(flash_attention())
             .with_n_batch(batch_capacity as u32)
             .with_n_ubatch(batch_capacity as u32)
             .with_n_threads(cfg.threads)
