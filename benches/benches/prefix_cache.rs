@@ -31,7 +31,8 @@ injection, never log secrets. Performance matters: avoid needless allocation and
 Format code with the language's standard formatter. Use descriptive names and small \
 functions. Prefer composition over inheritance and pure functions over shared mutable state. \
 Write tests first when fixing a bug, and show how to run them. Explain errors in plain words \
-and suggest the smallest change that fixes them. Cite the documentation you rely on.";
+and suggest the smallest change that fixes them. Cite the documentation you rely on. \
+Answer in English unless asked otherwise, and say when a question is outside programming.";
 
 const QUESTIONS: [&str; 8] = [
     "How do I reverse a list in Python?",
