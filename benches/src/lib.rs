@@ -20,7 +20,10 @@ impl Server {
     /// Starts rkserve with `dir/rkserve.toml` holding `config` and `dir/models` as its models
     /// directory (the caller fills it), and waits up to `limit` for `/ready`.
     pub fn start(dir: &Path, config: &str, limit: Duration) -> Server {
-        let bin = workspace().join("target/release/rkserve");
+        // CARGO_TARGET_DIR moves the build; RKSERVE_EXE names the binary then.
+        let bin = std::env::var_os("RKSERVE_EXE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace().join("target/release/rkserve"));
         assert!(bin.is_file(), "run cargo build --release first");
         std::fs::write(dir.join("rkserve.toml"), config).unwrap();
         let port = free_port();

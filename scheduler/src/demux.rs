@@ -249,6 +249,21 @@ impl Demux {
                 continue;
             };
             self.slot_steps += 1;
+            // A prompt always prefills at least its last token, so 0 means the runtime does
+            // not report it at the first step (Rockchip's may fill perf stats only at the end).
+            if self.steps == 1 && !self.resumed[i] && r.perf.prefill_tokens > 0 {
+                let prefilled = r.perf.prefill_tokens as u32;
+                seq.prefilled_tokens = Some(prefilled);
+                tracing::debug!(
+                    request = seq.id,
+                    slot = i,
+                    prompt_tokens = seq.prompt_tokens,
+                    prefilled,
+                    runtime_prefill_ms = r.perf.prefill_time_ms,
+                    run_ms = now.saturating_duration_since(self.started).as_secs_f64() * 1000.0,
+                    "prefilled"
+                );
+            }
             if std::mem::take(&mut self.resumed[i]) {
                 let prefilled = r.perf.prefill_tokens.max(0) as u32;
                 seq.resumes += 1;

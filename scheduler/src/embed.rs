@@ -156,6 +156,7 @@ pub(crate) fn run(
             counted: counted(p.choices.as_deref(), outcome),
             prompt_tokens: p.req.prompt_tokens as u32,
             completion_tokens: 0,
+            prefilled_tokens: None,
             queue,
             ttft: None,
             prefill: Some(now.saturating_duration_since(started)),

@@ -49,6 +49,7 @@ impl Pending {
             counted: counted(self.choices.as_deref(), Outcome::Failed(kind)),
             prompt_tokens: self.req.prompt_tokens as u32,
             completion_tokens: 0,
+            prefilled_tokens: None,
             queue: waited,
             ttft: None,
             prefill: None,

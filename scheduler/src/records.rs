@@ -76,6 +76,8 @@ pub struct RequestRecord {
     pub counted: Option<Outcome>,
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
+    /// Prompt tokens the runtime prefilled in its first run, if it reported them.
+    pub prefilled_tokens: Option<u32>,
     /// Arrival to the start of its run (or to its end, if it never ran).
     pub queue: Duration,
     /// Arrival to the first token.

@@ -95,6 +95,9 @@ pub struct Timings {
     /// prefilled again for them (from its perf stats).
     pub resumes: u32,
     pub resume_prefill_tokens: u32,
+    /// Prompt tokens the runtime prefilled in its first run (from its perf stats); fewer than
+    /// the prompt's when it reused a cached prefix. `None` if the runtime reported nothing.
+    pub prefilled_tokens: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

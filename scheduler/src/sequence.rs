@@ -41,6 +41,8 @@ pub struct Sequence {
     /// Runs it was resumed in, and the prompt tokens those resumptions prefilled.
     pub resumes: u32,
     pub resume_prefill_tokens: u32,
+    /// Prompt tokens the runtime prefilled for it in its first run (its perf stats).
+    pub prefilled_tokens: Option<u32>,
     /// Its last token brought no text: the runtime may hold part of a UTF-8 character, and a
     /// cut now would lose it.
     pub mid_char: bool,
@@ -94,6 +96,7 @@ impl Sequence {
             itl_us: Vec::with_capacity(if telemetry { reserve } else { 0 }),
             resumes: 0,
             resume_prefill_tokens: 0,
+            prefilled_tokens: None,
             mid_char: false,
         }
     }
@@ -202,6 +205,7 @@ impl Sequence {
             },
             resumes: self.resumes,
             resume_prefill_tokens: self.resume_prefill_tokens,
+            prefilled_tokens: self.prefilled_tokens,
         }
     }
 
@@ -215,6 +219,7 @@ impl Sequence {
             counted: counted(self.choices.as_deref(), outcome),
             prompt_tokens: self.prompt_tokens as u32,
             completion_tokens: self.generated,
+            prefilled_tokens: self.prefilled_tokens,
             queue: t.queue,
             ttft: t.ttft,
             prefill: self

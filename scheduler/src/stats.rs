@@ -226,6 +226,7 @@ mod tests {
             counted: Some(outcome),
             prompt_tokens: 5,
             completion_tokens: itl_ms.len() as u32 + 1,
+            prefilled_tokens: None,
             queue: Duration::ZERO,
             ttft: Some(Duration::from_millis(ttft_ms)),
             prefill: None,

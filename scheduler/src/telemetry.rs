@@ -35,6 +35,9 @@ pub const SLOT_STEPS: &str = "rkserve_slot_steps_total";
 pub const REFORMS: &str = "rkserve_batch_reforms_total";
 pub const RESUMED_PREFILL_TOKENS: &str = "rkserve_resumed_prefill_tokens_total";
 pub const DEAD_SLOT_STEPS: &str = "rkserve_dead_slot_steps_total";
+pub const PREFIX_CACHE_HITS: &str = "rkserve_prefix_cache_hits_total";
+pub const PREFIX_CACHE_MISSES: &str = "rkserve_prefix_cache_misses_total";
+pub const PREFIX_CACHE_SAVED_TOKENS: &str = "rkserve_prefix_cache_saved_tokens_total";
 pub const MEMORY: &str = "rkserve_runtime_memory_bytes";
 pub const RUNNING: &str = "rkserve_num_requests_running";
 pub const WAITING: &str = "rkserve_num_requests_waiting";
@@ -143,6 +146,9 @@ fn record_all(rx: Receiver<Record>, stats: &LatencyStats) {
                     REFORMS,
                     RESUMED_PREFILL_TOKENS,
                     DEAD_SLOT_STEPS,
+                    PREFIX_CACHE_HITS,
+                    PREFIX_CACHE_MISSES,
+                    PREFIX_CACHE_SAVED_TOKENS,
                     WORKER_RESTARTS,
                     NBATCH_FALLBACKS,
                 ] {
@@ -176,6 +182,17 @@ fn record_request(r: &RequestRecord) {
     // Latency distributions describe requests that ran: one refused at the door has none.
     if r.ttft.is_none() && matches!(r.outcome, Outcome::Failed(_)) {
         return;
+    }
+    if let Some(prefilled) = r.prefilled_tokens {
+        // Every prompt prefills at least its last token, whose logits start the reply.
+        let saved = r.prompt_tokens.saturating_sub(prefilled);
+        let kind = if saved > 0 {
+            PREFIX_CACHE_HITS
+        } else {
+            PREFIX_CACHE_MISSES
+        };
+        counter!(kind, "model" => model.clone()).increment(1);
+        counter!(PREFIX_CACHE_SAVED_TOKENS, "model" => model.clone()).increment(saved.into());
     }
     histogram!(QUEUE_TIME, "model" => model.clone()).record(r.queue.as_secs_f64());
     histogram!(REQUEST_PROMPT_TOKENS, "model" => model.clone()).record(r.prompt_tokens as f64);
@@ -361,6 +378,21 @@ pub fn describe() {
         DEAD_SLOT_STEPS,
         Unit::Count,
         "Slot-steps the runtime decoded for requests that had already ended (their max_tokens, a stop string, a client gone): compute spent for nobody."
+    );
+    describe_counter!(
+        PREFIX_CACHE_HITS,
+        Unit::Count,
+        "Requests whose first run started from a prefix its slot already held (the runtime prefilled fewer tokens than the prompt's)."
+    );
+    describe_counter!(
+        PREFIX_CACHE_MISSES,
+        Unit::Count,
+        "Requests whose runtime prefilled the whole prompt (only runtimes that report prefill tokens in their perf stats count)."
+    );
+    describe_counter!(
+        PREFIX_CACHE_SAVED_TOKENS,
+        Unit::Count,
+        "Prompt tokens new requests did not prefill because their slot held them (prompt tokens minus the runtime's prefill tokens)."
     );
     describe_counter!(SLOT_STEPS, Unit::Count, "Slots generating, summed over decode steps (divide by decode steps times n_batch for occupancy).");
     describe_gauge!(

@@ -357,12 +357,25 @@ enum Kind {
     Text,
 }
 
-fn usage(prompt: usize, completion: u64) -> Value {
-    json!({
+/// `cached`: prompt tokens the runtime did not prefill because its slot held them already
+/// (OpenAI's `prompt_tokens_details.cached_tokens`); absent when the runtime does not say.
+fn usage(prompt: usize, completion: u64, cached: Option<u32>) -> Value {
+    let mut u = json!({
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt as u64 + completion,
-    })
+    });
+    if let Some(c) = cached {
+        u["prompt_tokens_details"] = json!({ "cached_tokens": c });
+    }
+    u
+}
+
+/// Prompt tokens a choice found in its slot's cache: the prompt less what the runtime
+/// prefilled for it (its perf stats).
+fn cached_tokens(prompt: usize, t: &scheduler::Timings) -> Option<u32> {
+    t.prefilled_tokens
+        .map(|p| (prompt as u32).saturating_sub(p))
 }
 
 fn tool_calls_json(calls: &[super::frames::ToolCallFrame]) -> Value {
@@ -421,6 +434,9 @@ async fn respond(
     if !c.stream {
         let (meta, replies) = generate::complete(state, served, &g, &client).await?;
         let completion: u64 = replies.iter().map(|r| u64::from(r.completion_tokens)).sum();
+        let cached = replies
+            .iter()
+            .find_map(|r| cached_tokens(meta.prompt_tokens, &r.timings));
         let choices: Vec<Value> = replies
             .iter()
             .enumerate()
@@ -433,7 +449,7 @@ async fn respond(
             "model": meta.served.entry.name,
             "system_fingerprint": null,
             "choices": choices,
-            "usage": usage(meta.prompt_tokens, completion),
+            "usage": usage(meta.prompt_tokens, completion, cached),
         })));
     }
     let (meta, frames) = generate::stream(state, served, &g, &client).await?;
@@ -443,6 +459,7 @@ async fn respond(
         kind,
         include_usage: c.stream_options.as_ref().is_some_and(|o| o.include_usage),
         completion: 0,
+        cached: None,
         meta,
     };
     Ok(sse::response(frames, shape))
@@ -455,6 +472,8 @@ struct Chunks {
     kind: Kind,
     include_usage: bool,
     completion: u64,
+    /// The first choice's cached prompt tokens, for the usage chunk.
+    cached: Option<u32>,
     meta: Meta,
 }
 
@@ -539,9 +558,12 @@ impl Shape for Chunks {
                 choice,
                 finish,
                 completion_tokens,
-                ..
+                timings,
             } => {
                 self.completion += u64::from(completion_tokens);
+                if self.cached.is_none() {
+                    self.cached = cached_tokens(self.meta.prompt_tokens, &timings);
+                }
                 let mut out = Vec::new();
                 if let Finish::Error(e) = &finish {
                     out.push(e.body(Api::OpenAi));
@@ -558,7 +580,7 @@ impl Shape for Chunks {
             return Vec::new();
         }
         let mut u = self.chunk(json!([]));
-        u["usage"] = usage(self.meta.prompt_tokens, self.completion);
+        u["usage"] = usage(self.meta.prompt_tokens, self.completion, self.cached);
         vec![u]
     }
 }

@@ -145,6 +145,20 @@ pub struct LlamaEngine<'m> {
 /// llama.cpp sizes its output buffer (logits included) by this, so it is kept small.
 const EMBED_CHUNK: usize = 128;
 
+/// llama.cpp's CPU flash attention takes its tiled path only for 64 query tokens or more;
+/// a warm prompt of a dozen new tokens goes through the per-token path, ~3x the CPU time of
+/// plain matrix-product attention (docs/runtime.md). Off, a warm request is that much
+/// cheaper, but a reply cut and resumed (issue 12) is no longer bit-exact with greedy
+/// sampling: matrix products round differently by batch size. So it stays llama.cpp's choice
+/// (`auto`) unless `RKLLM_CPU_FLASH_ATTN` says `0` or `1`.
+fn flash_attention() -> llama_cpp_sys_2::llama_flash_attn_type {
+    match std::env::var("RKLLM_CPU_FLASH_ATTN").as_deref() {
+        Ok("0") => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        Ok("1") => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+        _ => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
+    }
+}
+
 fn prefix_reuse_enabled() -> bool {
     std::env::var_os("RKLLM_CPU_PREFIX_REUSE").is_none_or(|v| v != "0")
 }
@@ -244,6 +258,7 @@ impl<'m> LlamaEngine<'m> {
             .with_n_ctx(n_ctx)
             .with_n_seq_max(n as u32)
             .with_kv_unified(false)
+            .with_flash_attention_policy(flash_attention())
             .with_n_batch(batch_capacity as u32)
             .with_n_ubatch(batch_capacity as u32)
             .with_n_threads(cfg.threads)
@@ -644,41 +659,42 @@ impl Backend for LlamaEngine<'_> {
     }
 
     fn prefill(&mut self, abort: &AtomicBool) -> Result<(), EngineError> {
-        // Every prompt but its last token, in chunks; then all the last tokens in one batch,
-        // so that every slot's logits survive to the first sampling step.
-        let mut work: Vec<(usize, usize)> = Vec::new();
+        // Every prompt token in chunks, the last token of each prompt at the very end with
+        // its logits on. Chunks are cut from the end, so the last one is full (or all of it)
+        // and holds every slot's last token: their logits come from the final pass and
+        // survive to the first sampling step. A warm prompt of a few new tokens is then one
+        // forward pass, not two; on llama.cpp's CPU path a pass costs about a decode step
+        // whatever its size up to a dozen tokens, so the second pass was a large part of a
+        // warm request's prefill.
+        let mut work: Vec<(usize, usize, bool)> = Vec::new();
         for (i, s) in self.slots.iter().enumerate() {
             for j in 0..s.pending.len().saturating_sub(1) {
-                work.push((i, j));
+                work.push((i, j, false));
             }
         }
-        for chunk in work.chunks(self.batch_capacity) {
+        for (i, s) in self.slots.iter().enumerate() {
+            if let Some(j) = s.pending.len().checked_sub(1) {
+                work.push((i, j, true));
+            }
+        }
+        let cap = self.batch_capacity;
+        let head = work.len() % cap;
+        let chunks = std::iter::once(&work[..head]).chain(work[head..].chunks(cap));
+        for chunk in chunks.filter(|c| !c.is_empty()) {
             if abort.load(Ordering::Acquire) {
                 return Ok(());
             }
             self.batch.clear();
-            for &(i, j) in chunk {
-                let s = &self.slots[i];
+            for (k, &(i, j, last)) in chunk.iter().enumerate() {
+                let s = &mut self.slots[i];
                 let pos = (s.tokens.len() + j) as i32;
                 self.batch
-                    .add(s.pending[j], pos, &[i as i32], false)
+                    .add(s.pending[j], pos, &[i as i32], last)
                     .map_err(|e| EngineError::Decode(e.to_string()))?;
+                if last {
+                    s.logits = k as i32;
+                }
             }
-            self.decode_batch()?;
-        }
-        self.batch.clear();
-        let mut idx = 0;
-        for (i, s) in self.slots.iter_mut().enumerate() {
-            if let Some(&last) = s.pending.last() {
-                let pos = (s.tokens.len() + s.pending.len() - 1) as i32;
-                self.batch
-                    .add(last, pos, &[i as i32], true)
-                    .map_err(|e| EngineError::Decode(e.to_string()))?;
-                s.logits = idx;
-                idx += 1;
-            }
-        }
-        if idx > 0 {
             self.decode_batch()?;
         }
         for s in &mut self.slots {

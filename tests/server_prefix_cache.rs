@@ -1,0 +1,116 @@
+//! Automatic prefix caching through the HTTP API on the default model: a request with the
+//! system prompt of the one before it and another question prefills only its new tokens (the
+//! runtime's perf stats, reported as OpenAI's `usage.prompt_tokens_details.cached_tokens`),
+//! and the prefix-cache counters say so.
+
+mod common;
+use common::{config, post_json, workspace_models, Server, DEFAULT_MODEL};
+use serde_json::{json, Value};
+
+const SYSTEM: &str = "You are a meticulous senior software engineer acting as a coding assistant. \
+Always answer with correct, idiomatic code and explain the reasoning briefly. Prefer standard \
+library solutions, mention edge cases, complexity, and testing strategies. When the user asks \
+about Rust, follow the API guidelines, avoid unsafe, use thiserror for errors, and write doc \
+comments. When the user asks about Python, follow PEP 8, use type hints and pytest. For shell \
+scripts, use set -euo pipefail and quote every variable. Never invent APIs; if unsure, say so. \
+Keep answers short: a code block and at most three sentences of explanation.";
+
+fn body(question: &str, stream: bool) -> Value {
+    json!({
+        "model": DEFAULT_MODEL,
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": question},
+        ],
+        "temperature": 0,
+        "max_tokens": 4,
+        "stream": stream,
+        "stream_options": {"include_usage": true},
+    })
+}
+
+/// (prompt tokens, cached tokens) of a non-streamed chat completion.
+async fn ask(server: &Server, question: &str) -> (u64, u64) {
+    let r = post_json(&server.url("/v1/chat/completions"), &body(question, false)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let u = &r.json["usage"];
+    (
+        u["prompt_tokens"].as_u64().expect("prompt_tokens"),
+        u["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no cached_tokens in {u}")),
+    )
+}
+
+async fn counter(server: &Server, name: &str) -> f64 {
+    let text = reqwest::get(server.url("/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("body");
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shared_system_prompt_is_prefilled_once() {
+    let cfg = config(&[DEFAULT_MODEL], "[scheduler]\nn_batch = 4\n");
+    let server = Server::start(&workspace_models(), &cfg, &[]).await;
+    assert_eq!(
+        counter(&server, "rkserve_prefix_cache_hits_total").await,
+        0.0
+    );
+
+    let (cold_prompt, cold_cached) = ask(&server, "How do I reverse a list in Python?").await;
+    assert_eq!(
+        cold_cached, 0,
+        "nothing was cached before the first request"
+    );
+    assert!(cold_prompt > 150, "{cold_prompt} prompt tokens");
+
+    let (prompt, cached) = ask(&server, "What is a Rust lifetime?").await;
+    let prefilled = prompt - cached;
+    assert!(
+        prefilled <= 24,
+        "a warm request prefilled {prefilled} of its {prompt} tokens"
+    );
+
+    // Streamed, the usage chunk carries it too.
+    let r = reqwest::Client::new()
+        .post(server.url("/v1/chat/completions"))
+        .json(&body("How do I read a file line by line in bash?", true))
+        .send()
+        .await
+        .expect("POST");
+    let events = common::sse_events(r).await;
+    let usage = events
+        .iter()
+        .find(|e| e["usage"].is_object())
+        .map(|e| e["usage"].clone())
+        .expect("a usage chunk");
+    let streamed_prompt = usage["prompt_tokens"].as_u64().unwrap();
+    let streamed_cached = usage["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .expect("cached_tokens");
+    assert!(
+        streamed_prompt - streamed_cached <= 24,
+        "a warm streamed request prefilled {} of its {streamed_prompt} tokens",
+        streamed_prompt - streamed_cached
+    );
+
+    assert_eq!(
+        counter(&server, "rkserve_prefix_cache_hits_total").await,
+        2.0
+    );
+    assert_eq!(
+        counter(&server, "rkserve_prefix_cache_misses_total").await,
+        1.0
+    );
+    assert_eq!(
+        counter(&server, "rkserve_prefix_cache_saved_tokens_total").await,
+        (cached + streamed_cached) as f64
+    );
+}
