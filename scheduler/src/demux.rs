@@ -221,13 +221,25 @@ impl Demux {
                 self.observed.steps.push((n, ms));
             }
             None => {
-                // The first step: the prefill of the whole batch came before it.
-                let prefilled: i32 = step
-                    .slots()
-                    .take(self.slots.len())
-                    .map(|r| r.perf.prefill_tokens.max(0))
-                    .sum();
-                let ms = now.saturating_duration_since(self.started).as_secs_f64() * 1000.0;
+                // The first step: the prefill of the whole batch came before it. The runtime's
+                // own prefill time, where it reports one: the wall clock since the run began
+                // also holds whatever the engine did first (on ABI 1.2, re-initialising the
+                // handle for the run's sampling loads the model again), and a prefill rate
+                // learned from that makes every re-form look ten times too dear.
+                let (prefilled, reported) =
+                    step.slots()
+                        .take(self.slots.len())
+                        .fold((0i32, 0f32), |(tokens, ms), r| {
+                            (
+                                tokens + r.perf.prefill_tokens.max(0),
+                                ms.max(r.perf.prefill_time_ms),
+                            )
+                        });
+                let ms = if reported > 0.0 {
+                    f64::from(reported)
+                } else {
+                    now.saturating_duration_since(self.started).as_secs_f64() * 1000.0
+                };
                 self.observed.prefill = Some((prefilled as usize, ms));
             }
             _ => {}
