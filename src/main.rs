@@ -74,6 +74,7 @@ fn main() -> ExitCode {
         catalog,
         exporter,
         drain: drain.clone(),
+        caches: Default::default(),
     });
     if let Some(agent_port) = state.catalog.config().server.agent_port {
         let bound = std::net::TcpListener::bind((host.as_str(), agent_port))

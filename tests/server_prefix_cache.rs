@@ -114,3 +114,108 @@ async fn a_shared_system_prompt_is_prefilled_once() {
         (cached + streamed_cached) as f64
     );
 }
+
+/// The seed project's API: a named cache is created once (which warms a slot with it), then
+/// requests that name it in `use_cache` find its prompt already prefilled, in both APIs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_named_cache_is_created_used_listed_and_deleted() {
+    let cfg = config(&[DEFAULT_MODEL], "[scheduler]\nn_batch = 4\n");
+    let server = Server::start(&workspace_models(), &cfg, &[]).await;
+    let caches = server.url(&format!("/v1/cache/{DEFAULT_MODEL}"));
+
+    let r = post_json(&caches, &json!({"cache_name": "coder", "prompt": SYSTEM})).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(r.json["cache_name"], "coder");
+    assert_eq!(r.json["replaced"], false);
+    let cache_tokens = r.json["prompt_tokens"].as_u64().expect("prompt_tokens");
+    assert!(cache_tokens > 100, "{r:?}");
+
+    let listed: Value = reqwest::get(&caches).await.unwrap().json().await.unwrap();
+    assert_eq!(listed["data"][0]["cache_name"], "coder", "{listed}");
+
+    // No system message of its own: the cache's prompt goes first and is found prefilled.
+    let ask = |question: &str| {
+        json!({
+            "model": DEFAULT_MODEL,
+            "use_cache": "coder",
+            "messages": [{"role": "user", "content": question}],
+            "temperature": 0,
+            "max_tokens": 4,
+        })
+    };
+    let r = post_json(
+        &server.url("/v1/chat/completions"),
+        &ask("What is a Rust lifetime?"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let u = &r.json["usage"];
+    let (prompt, cached) = (
+        u["prompt_tokens"].as_u64().unwrap(),
+        u["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap(),
+    );
+    assert!(
+        prompt > cache_tokens - 10,
+        "the cached prompt is in it: {u}"
+    );
+    assert!(
+        prompt - cached <= 24,
+        "the first request naming the cache prefilled {} of {prompt} tokens",
+        prompt - cached
+    );
+    // The same through Ollama's API, and the plain answer without it is shorter.
+    let r = post_json(
+        &server.url("/api/chat"),
+        &json!({
+            "model": DEFAULT_MODEL, "use_cache": "coder", "stream": false,
+            "messages": [{"role": "user", "content": "What is a Rust trait?"}],
+            "options": {"temperature": 0, "num_predict": 4},
+        }),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.json["prompt_eval_count"].as_u64().unwrap() > cache_tokens - 10,
+        "{r:?}"
+    );
+
+    // Unknown names are 404 in each API's shape; bad names 400.
+    let mut unknown = ask("Hi");
+    unknown["use_cache"] = json!("nope");
+    let r = post_json(&server.url("/v1/chat/completions"), &unknown).await;
+    assert_eq!(r.status, 404, "{r:?}");
+    assert_eq!(r.json["error"]["code"], "cache_not_found", "{r:?}");
+    let r = post_json(
+        &server.url("/api/generate"),
+        &json!({"model": DEFAULT_MODEL, "prompt": "Hi", "use_cache": "nope", "stream": false}),
+    )
+    .await;
+    assert_eq!(r.status, 404, "{r:?}");
+    assert!(r.json["error"].as_str().unwrap().contains("nope"), "{r:?}");
+    let r = post_json(&caches, &json!({"cache_name": "a b", "prompt": "x"})).await;
+    assert_eq!(r.status, 400, "{r:?}");
+    let r = post_json(
+        &server.url("/v1/cache/no-such-model"),
+        &json!({"cache_name": "k", "prompt": "x"}),
+    )
+    .await;
+    assert_eq!(r.status, 404, "{r:?}");
+
+    let client = reqwest::Client::new();
+    let r = client
+        .delete(format!("{caches}/coder"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client
+        .delete(format!("{caches}/coder"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "deleted once");
+    let r = post_json(&server.url("/v1/chat/completions"), &ask("Hi")).await;
+    assert_eq!(r.status, 404, "{r:?}");
+}

@@ -82,7 +82,7 @@ pub async fn openai(
         state,
         payload,
         Api::OpenAi,
-        |r: &OpenAiEmbed| &r.model,
+        |r: &OpenAiEmbed| r.model.clone(),
         |req: OpenAiEmbed| async move {
             let base64 = match req.encoding_format.as_deref() {
                 None | Some("float") => false,
@@ -218,7 +218,7 @@ pub async fn ollama(
         state,
         payload,
         Api::Ollama,
-        |r: &OllamaEmbed| &r.model,
+        |r: &OllamaEmbed| r.model.clone(),
         |req: OllamaEmbed| async move {
             let inputs = match req.input {
                 None => Vec::new(),
@@ -264,7 +264,7 @@ pub async fn ollama_legacy(
         state,
         payload,
         Api::Ollama,
-        |r: &OllamaLegacyEmbed| &r.model,
+        |r: &OllamaLegacyEmbed| r.model.clone(),
         |req: OllamaLegacyEmbed| async move {
             let inputs = req.prompt.into_iter().collect();
             let e = ollama_embed(

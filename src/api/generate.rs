@@ -121,6 +121,8 @@ pub async fn start(
     served: Arc<Served>,
     g: &GenRequest,
 ) -> Result<Generation, ApiError> {
+    let named = state.caches.apply(&served.entry.name, g)?;
+    let g = named.as_ref().unwrap_or(g);
     g.validate()?;
     structured::check_schema(&g.format, g.prompt_param)?;
     let prepared = prompt::prepare(&served, g)?;

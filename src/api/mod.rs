@@ -3,6 +3,7 @@
 
 mod admission;
 mod body;
+mod cache_routes;
 mod cors;
 pub mod disconnect;
 mod embed;
@@ -11,6 +12,7 @@ pub mod error;
 mod frames;
 mod generate;
 mod manage;
+pub mod named_caches;
 mod ndjson;
 mod ollama;
 mod ollama_models;
@@ -43,6 +45,8 @@ pub struct AppState {
     pub exporter: Option<crate::exporter::Exporter>,
     /// Whether new work is still taken, and how much admitted work is unfinished.
     pub drain: std::sync::Arc<crate::drain::Drain>,
+    /// Named prompt caches (`POST /v1/cache/{model}`, `use_cache`).
+    pub caches: named_caches::NamedCaches,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -75,6 +79,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(resource(
         "/v1/embeddings",
         web::post().to(embed_routes::openai),
+    ))
+    .service(
+        web::resource("/v1/cache/{model}")
+            .route(web::post().to(cache_routes::create))
+            .route(web::get().to(cache_routes::list))
+            .default_service(web::to(wrong_method)),
+    )
+    .service(resource(
+        "/v1/cache/{model}/{name}",
+        web::delete().to(cache_routes::delete),
     ))
     .service(resource("/v1/models", web::get().to(openai::list_models)))
     .service(resource("/v1/models/loaded", web::get().to(manage::loaded)))

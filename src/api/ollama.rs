@@ -60,6 +60,9 @@ pub struct ChatRequest {
     /// true/false, or a level ("high", "medium", "low") that turns thinking on.
     #[serde(default)]
     think: Option<Value>,
+    /// A named prompt cache to put first (rkserve's, from the seed project's API).
+    #[serde(default)]
+    use_cache: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +88,9 @@ pub struct GenerateRequest {
     suffix: Option<String>,
     #[serde(default)]
     think: Option<Value>,
+    /// A named prompt cache to put first (rkserve's, from the seed project's API).
+    #[serde(default)]
+    use_cache: Option<String>,
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -365,7 +371,7 @@ pub async fn chat(
         state,
         payload,
         Api::Ollama,
-        |r: &ChatRequest| &r.model,
+        |r: &ChatRequest| r.model.clone(),
         |req: ChatRequest| async move {
             let keep_alive = req.keep_alive;
             if req.messages.is_empty() {
@@ -387,6 +393,7 @@ pub async fn chat(
                 req.think.as_ref(),
             )?;
             g.tools = request::tools_from(req.tools, None)?;
+            g.use_cache = req.use_cache;
             g.tool_choice = request::tool_choice_from(None, !g.tools.is_empty())?;
             run(
                 state.clone(),
@@ -413,7 +420,7 @@ pub async fn generate(
         state,
         payload,
         Api::Ollama,
-        |r: &GenerateRequest| &r.model,
+        |r: &GenerateRequest| r.model.clone(),
         |req: GenerateRequest| async move {
             let keep_alive = req.keep_alive;
             if req.prompt.is_empty() {
@@ -431,7 +438,7 @@ pub async fn generate(
                     "suffix (fill-in-the-middle) is not supported by rkserve",
                 ));
             }
-            let g = gen_request(
+            let mut g = gen_request(
                 Prompt::Text {
                     prompts: vec![req.prompt],
                     raw: req.raw,
@@ -442,6 +449,7 @@ pub async fn generate(
                 req.format.as_ref(),
                 req.think.as_ref(),
             )?;
+            g.use_cache = req.use_cache;
             run(
                 state.clone(),
                 http,

@@ -66,6 +66,9 @@ pub struct TemplateKwargs {
 #[derive(Debug, Deserialize)]
 pub struct Common {
     model: String,
+    /// A named prompt cache to put first (rkserve's, from the seed project's API).
+    #[serde(default)]
+    use_cache: Option<String>,
     #[serde(default)]
     messages: Option<Vec<Message>>,
     /// A string or a list of strings; token arrays are refused by name.
@@ -193,6 +196,7 @@ fn gen_request(
         !g.tools.is_empty(),
     )?;
     g.parallel_tool_calls = c.parallel_tool_calls.unwrap_or(true);
+    g.use_cache = c.use_cache.take();
     g.format = request::format_from_openai(c.response_format.as_ref())?;
     g.thinking = c
         .chat_template_kwargs
@@ -291,7 +295,7 @@ pub async fn chat(
         state,
         payload,
         Api::OpenAi,
-        |r: &Common| &r.model,
+        |r: &Common| r.model.clone(),
         |mut req: Common| async move {
             let msgs = req
                 .messages
@@ -329,7 +333,7 @@ pub async fn completions(
         state,
         payload,
         Api::OpenAi,
-        |r: &Common| &r.model,
+        |r: &Common| r.model.clone(),
         |mut req: Common| async move {
             let prompts = prompts(
                 req.prompt

@@ -67,6 +67,8 @@ pub struct GenRequest {
     /// `None`: the model family's default.
     pub thinking: Option<bool>,
     pub format: Format,
+    /// A named prompt cache to put in front of the prompt (`use_cache`).
+    pub use_cache: Option<String>,
 }
 
 impl GenRequest {
@@ -83,6 +85,7 @@ impl GenRequest {
             parallel_tool_calls: true,
             thinking: None,
             format: Format::Text,
+            use_cache: None,
         }
     }
 

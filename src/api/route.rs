@@ -11,15 +11,16 @@ use std::future::Future;
 
 /// Parses the body as `T`, then answers with what `handle` makes of it. `model` says which
 /// model a parsed request names.
-pub async fn serve<T, F, Fut>(
+pub async fn serve<T, M, F, Fut>(
     state: &web::Data<AppState>,
     payload: web::Payload,
     api: Api,
-    model: fn(&T) -> &str,
+    model: M,
     handle: F,
 ) -> HttpResponse
 where
     T: DeserializeOwned,
+    M: FnOnce(&T) -> String,
     F: FnOnce(T) -> Fut,
     Fut: Future<Output = Result<HttpResponse, ApiError>>,
 {
@@ -27,7 +28,7 @@ where
         Ok(r) => r,
         Err(e) => return e.refuse(api, &state.catalog, None),
     };
-    let named = model(&req).to_string();
+    let named = model(&req);
     handle(req)
         .await
         .unwrap_or_else(|e| e.refuse(api, &state.catalog, Some(&named)))
