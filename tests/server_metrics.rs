@@ -169,8 +169,16 @@ async fn metrics_and_stats_account_for_every_request() {
             &[("model", model), ("kind", kind)],
         )
     };
-    let text = scrape_until(&s, "the cancellation", |t| {
-        failures(t, "slow", "cancelled") == Some(1.0)
+    let slow_length = |t: &str| {
+        sample(
+            t,
+            "rkserve_request_success_total",
+            &[("model", "slow"), ("finished_reason", "length")],
+        )
+    };
+    // The telemetry thread records an outcome just after the reply goes out: wait for both.
+    let text = scrape_until(&s, "the cancellation and the queued success", |t| {
+        failures(t, "slow", "cancelled") == Some(1.0) && slow_length(t) == Some(1.0)
     })
     .await;
     assert_eq!(failures(&text, "slow", "overloaded"), Some(1.0));
@@ -179,14 +187,7 @@ async fn metrics_and_stats_account_for_every_request() {
     assert_eq!(failures(&text, "fast", "bad_request"), Some(1.0));
     assert_eq!(failures(&text, "", "bad_request"), Some(1.0));
     assert_eq!(failures(&text, "fast", "runtime_error"), Some(0.0));
-    assert_eq!(
-        sample(
-            &text,
-            "rkserve_request_success_total",
-            &[("model", "slow"), ("finished_reason", "length")]
-        ),
-        Some(1.0)
-    );
+    assert_eq!(slow_length(&text), Some(1.0));
 
     // The exposition passes Prometheus' own linter.
     common::promtool_check_metrics(std::path::Path::new("promtool"), &text);
