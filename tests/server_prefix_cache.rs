@@ -42,27 +42,11 @@ async fn ask(server: &Server, question: &str) -> (u64, u64) {
     )
 }
 
-async fn counter(server: &Server, name: &str) -> f64 {
-    let text = reqwest::get(server.url("/metrics"))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("body");
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_shared_system_prompt_is_prefilled_once() {
     let cfg = config(&[DEFAULT_MODEL], "[scheduler]\nn_batch = 4\n");
     let server = Server::start(&workspace_models(), &cfg, &[]).await;
-    assert_eq!(
-        counter(&server, "rkserve_prefix_cache_hits_total").await,
-        0.0
-    );
+    assert_eq!(server.counter("rkserve_prefix_cache_hits_total").await, 0.0);
 
     let (cold_prompt, cold_cached) = ask(&server, "How do I reverse a list in Python?").await;
     assert_eq!(
@@ -101,16 +85,15 @@ async fn a_shared_system_prompt_is_prefilled_once() {
         streamed_prompt - streamed_cached
     );
 
+    assert_eq!(server.counter("rkserve_prefix_cache_hits_total").await, 2.0);
     assert_eq!(
-        counter(&server, "rkserve_prefix_cache_hits_total").await,
-        2.0
-    );
-    assert_eq!(
-        counter(&server, "rkserve_prefix_cache_misses_total").await,
+        server.counter("rkserve_prefix_cache_misses_total").await,
         1.0
     );
     assert_eq!(
-        counter(&server, "rkserve_prefix_cache_saved_tokens_total").await,
+        server
+            .counter("rkserve_prefix_cache_saved_tokens_total")
+            .await,
         (cached + streamed_cached) as f64
     );
 }

@@ -177,6 +177,20 @@ impl Server {
     }
 
     /// `GET /v1/models/loaded`'s entry for `model`.
+    /// A counter's value summed over its series, from the Prometheus exposition.
+    pub async fn counter(&self, name: &str) -> f64 {
+        let text = reqwest::get(self.url("/metrics"))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("body");
+        text.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     pub async fn loaded(&self, model: &str) -> Value {
         let v: Value = reqwest::get(self.url("/v1/models/loaded"))
             .await

@@ -28,20 +28,6 @@ fn content(v: &Value) -> String {
         .to_string()
 }
 
-/// A counter's value summed over its series, from the Prometheus exposition.
-pub async fn counter(server: &Server, name: &str) -> f64 {
-    let text = reqwest::get(server.url("/metrics"))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("body");
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// `runtime`: extra TOML for the server's `[runtime]` section; `via`: how runs are cut.
 pub async fn cut_replies_equal_uninterrupted_ones(runtime: &str, via: &str) {
     let config = crate::common::config(
@@ -55,8 +41,8 @@ pub async fn cut_replies_equal_uninterrupted_ones(runtime: &str, via: &str) {
     for p in PROMPTS {
         alone.push(complete(&server, p, 160).await);
     }
-    let reforms_before = counter(&server, "rkserve_batch_reforms_total").await;
-    let resumed_before = counter(&server, "rkserve_resumed_prefill_tokens_total").await;
+    let reforms_before = server.counter("rkserve_batch_reforms_total").await;
+    let resumed_before = server.counter("rkserve_resumed_prefill_tokens_total").await;
 
     // The two long replies again, with short requests arriving one after another beside
     // them: each arrival finds a free slot and the run is cut to take it in.
@@ -75,8 +61,8 @@ pub async fn cut_replies_equal_uninterrupted_ones(runtime: &str, via: &str) {
         }
     };
     let (replies, ()) = tokio::join!(futures_util::future::join_all(long), shorts);
-    let reforms = counter(&server, "rkserve_batch_reforms_total").await - reforms_before;
-    let resumed = counter(&server, "rkserve_resumed_prefill_tokens_total").await - resumed_before;
+    let reforms = server.counter("rkserve_batch_reforms_total").await - reforms_before;
+    let resumed = server.counter("rkserve_resumed_prefill_tokens_total").await - resumed_before;
     assert!(
         reforms >= 3.0,
         "the runs were re-formed {reforms} times; log:\n{}",
