@@ -85,7 +85,13 @@ async fn a_shared_system_prompt_is_prefilled_once() {
         streamed_prompt - streamed_cached
     );
 
-    assert_eq!(server.counter("rkserve_prefix_cache_hits_total").await, 2.0);
+    // The streamed request's outcome is recorded just after its last chunk: wait for it.
+    assert_eq!(
+        server
+            .counter_when("rkserve_prefix_cache_hits_total", 2.0)
+            .await,
+        2.0
+    );
     assert_eq!(
         server.counter("rkserve_prefix_cache_misses_total").await,
         1.0

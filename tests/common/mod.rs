@@ -191,6 +191,20 @@ impl Server {
             .sum()
     }
 
+    /// The counter once it reads `expected`, or what it reads after 10 s: the telemetry
+    /// thread records an outcome just after its reply goes out, so a scrape right after the
+    /// reply may not have it yet.
+    pub async fn counter_when(&self, name: &str, expected: f64) -> f64 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let v = self.counter(name).await;
+            if v == expected || std::time::Instant::now() > deadline {
+                return v;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn loaded(&self, model: &str) -> Value {
         let v: Value = reqwest::get(self.url("/v1/models/loaded"))
             .await

@@ -61,7 +61,16 @@ pub async fn cut_replies_equal_uninterrupted_ones(runtime: &str, via: &str) {
         }
     };
     let (replies, ()) = tokio::join!(futures_util::future::join_all(long), shorts);
-    let reforms = server.counter("rkserve_batch_reforms_total").await - reforms_before;
+    // A run's figures are recorded as it ends, a moment after its last reply went out.
+    let started = std::time::Instant::now();
+    let mut reforms = 0.0;
+    while started.elapsed() < Duration::from_secs(5) {
+        reforms = server.counter("rkserve_batch_reforms_total").await - reforms_before;
+        if reforms >= 3.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let resumed = server.counter("rkserve_resumed_prefill_tokens_total").await - resumed_before;
     assert!(
         reforms >= 3.0,
