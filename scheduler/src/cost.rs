@@ -164,11 +164,15 @@ impl CostModel {
     }
 
     /// Steps a request that generated `generated` tokens and may generate `budget` more is
-    /// expected to take: its budget, unless replies here usually end sooner. One already past
-    /// the usual length is given half of it again (long replies run on).
+    /// expected to take: its budget, unless replies here usually end sooner. Reply lengths
+    /// are long-tailed, so one that has run past the usual length is expected to run about
+    /// as long again as it has (at least half the usual): estimating it to end any moment
+    /// kept a natural-length run of 8 from ever taking in a waiting request, 330 steps in a
+    /// row while its longest reply ran on (a 13 s TTFT p99 with 8 clients on 8 slots).
     pub fn expected_remaining(&self, generated: u32, budget: u32) -> f64 {
         let usual = self.reply.value.max(1.0);
-        let left = (usual - f64::from(generated)).max(usual / 2.0);
+        let gen = f64::from(generated);
+        let left = (usual - gen).max(gen).max(usual / 2.0);
         left.min(f64::from(budget))
     }
 }
@@ -215,13 +219,16 @@ mod tests {
     }
 
     #[test]
-    fn expected_remaining_is_bounded_by_the_budget_and_the_usual_reply() {
+    fn expected_remaining_follows_the_usual_reply_then_the_tail_within_the_budget() {
         let mut c = CostModel::new(Priors::default());
         for _ in 0..100 {
             c.observe_reply(100);
         }
         assert!((c.expected_remaining(10, 1000) - 90.0).abs() < 1.0);
-        assert!((c.expected_remaining(500, 1000) - 50.0).abs() < 1.0);
+        assert!((c.expected_remaining(60, 1000) - 60.0).abs() < 1.0);
+        // Past the usual length: about as long again as it has run, within its budget.
+        assert!((c.expected_remaining(500, 1000) - 500.0).abs() < 1.0);
+        assert_eq!(c.expected_remaining(500, 120), 120.0);
         assert_eq!(c.expected_remaining(10, 5), 5.0);
     }
 }
