@@ -7,13 +7,8 @@ mod common;
 use common::{config, post_json, workspace_models, Server, DEFAULT_MODEL};
 use serde_json::{json, Value};
 
-const SYSTEM: &str = "You are a meticulous senior software engineer acting as a coding assistant. \
-Always answer with correct, idiomatic code and explain the reasoning briefly. Prefer standard \
-library solutions, mention edge cases, complexity, and testing strategies. When the user asks \
-about Rust, follow the API guidelines, avoid unsafe, use thiserror for errors, and write doc \
-comments. When the user asks about Python, follow PEP 8, use type hints and pytest. For shell \
-scripts, use set -euo pipefail and quote every variable. Never invent APIs; if unsure, say so. \
-Keep answers short: a code block and at most three sentences of explanation.";
+/// The coding-assistant system prompt the prefix-cache tests share (622 characters).
+const SYSTEM: &str = include_str!("data/coding-system-prompt.txt");
 
 fn body(question: &str, stream: bool) -> Value {
     json!({

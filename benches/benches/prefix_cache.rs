@@ -19,20 +19,19 @@ use std::time::{Duration, Instant};
 const MODEL: &str = "smollm2-135m-instruct";
 const GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-const SYSTEM: &str = "You are a meticulous senior software engineer acting as a coding assistant. \
-Always answer with correct, idiomatic code and explain the reasoning briefly. Prefer standard \
-library solutions, mention edge cases, complexity, and testing strategies. When the user asks \
-about Rust, follow the API guidelines, avoid unsafe, use thiserror for errors, and write doc \
-comments. When the user asks about Python, follow PEP 8, use type hints and pytest. For shell \
-scripts, use set -euo pipefail and quote every variable. Never invent APIs; if unsure, say so. \
-Keep answers short: a code block and at most three sentences of explanation. If the question \
+/// The tests' coding-assistant system prompt, lengthened to the ~1300 characters of the
+/// issue's scenario.
+const SYSTEM: &str = concat!(
+    include_str!("../../tests/data/coding-system-prompt.txt"),
+    " If the question \
 is ambiguous, state the assumption you make. Security matters: validate inputs, avoid \
 injection, never log secrets. Performance matters: avoid needless allocation and copies. \
 Format code with the language's standard formatter. Use descriptive names and small \
 functions. Prefer composition over inheritance and pure functions over shared mutable state. \
 Write tests first when fixing a bug, and show how to run them. Explain errors in plain words \
 and suggest the smallest change that fixes them. Cite the documentation you rely on. \
-Answer in English unless asked otherwise, and say when a question is outside programming.";
+Answer in English unless asked otherwise, and say when a question is outside programming."
+);
 
 const QUESTIONS: [&str; 8] = [
     "How do I reverse a list in Python?",
