@@ -17,7 +17,7 @@ use crate::registry::{self, ModelEntry, ModelKind};
 use crate::tokenizer::Tokenizer;
 use chat_template::ChatTemplate;
 use parking_lot::{Mutex, RwLock};
-use scheduler::{Isolation, ModelConfig, ModelStatus, Scheduler};
+use scheduler::{Isolation, ModelConfig, ModelStatus, PromptCacheConfig, PromptStore, Scheduler};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -67,6 +67,8 @@ pub struct Catalog {
     probes: ProbeReports,
     models: ModelManager,
     pub scheduler: Arc<Scheduler>,
+    /// The prompt-cache directory, shared by every model; `None`: off.
+    prompt_store: Option<Arc<PromptStore>>,
 }
 
 /// The CPU runtime built next to the running binary.
@@ -107,6 +109,33 @@ fn fetch_default_model(dir: &Path) -> Result<(), String> {
     } else {
         Err(format!("{} failed ({status})", script.display()))
     }
+}
+
+/// Opens the prompt-cache directory when caching is on. A directory that cannot be made is an
+/// error at start-up: the user asked for files there.
+fn open_prompt_store(cfg: &Config) -> Result<Option<Arc<PromptStore>>, String> {
+    let pc = &cfg.prompt_cache;
+    if !pc.enabled {
+        return Ok(None);
+    }
+    let dir = pc
+        .dir
+        .clone()
+        .unwrap_or_else(|| cfg.models.dir.join("prompt-cache"));
+    let store = PromptStore::open(dir.clone(), pc.max_mb.saturating_mul(1 << 20)).map_err(|e| {
+        format!(
+            "cannot open the prompt-cache directory {}: {e} (set prompt_cache.dir, or prompt_cache.enabled = false)",
+            dir.display()
+        )
+    })?;
+    tracing::info!(
+        "prompt cache: {} ({} MB of {} MB used; a prefix is saved at its request {})",
+        dir.display(),
+        store.bytes() >> 20,
+        pc.max_mb,
+        pc.hot_after
+    );
+    Ok(Some(Arc::new(store)))
 }
 
 impl Catalog {
@@ -158,7 +187,9 @@ impl Catalog {
                 .clone()
                 .unwrap_or_else(|| cfg.models.dir.join("probe")),
         );
+        let prompt_store = open_prompt_store(&cfg)?;
         let catalog = Catalog {
+            prompt_store,
             probes,
             runtime_lib,
             scanned: Mutex::new(Some(dir_times(&cfg.models.dir))),
@@ -374,6 +405,11 @@ impl Catalog {
         m.pooling = s.pooling;
         m.release_hidden_states = self.cfg.runtime.release_hidden_states;
         m.restart_backoff = sc.restart_backoff;
+        m.prompt_cache = self.prompt_store.as_ref().map(|store| PromptCacheConfig {
+            store: store.clone(),
+            hot_after: self.cfg.prompt_cache.hot_after,
+            min_tokens: self.cfg.prompt_cache.min_tokens,
+        });
         m.isolation = match self.cfg.runtime.isolation {
             IsolationMode::InProcess => Isolation::InProcess,
             // The workers are this executable, run as `rkserve worker`.

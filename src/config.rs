@@ -14,6 +14,7 @@ pub struct Config {
     pub runtime: Runtime,
     pub models: Models,
     pub scheduler: Scheduler,
+    pub prompt_cache: PromptCache,
     /// Which settings a probe report may choose were set by the user (file, flag or env).
     #[serde(skip)]
     pub explicit: crate::probe::Explicit,
@@ -158,6 +159,30 @@ impl Default for Models {
             dir: "models".into(),
             preload: vec![DEFAULT_MODEL.into()],
             fetch_default_model: true,
+        }
+    }
+}
+
+/// Prompt-cache files for shared prefixes (system prompts).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PromptCache {
+    pub enabled: bool,
+    /// Unset: prompt-cache/ in the models directory.
+    pub dir: Option<PathBuf>,
+    pub max_mb: u64,
+    pub hot_after: u32,
+    pub min_tokens: usize,
+}
+
+impl Default for PromptCache {
+    fn default() -> Self {
+        PromptCache {
+            enabled: true,
+            dir: None,
+            max_mb: 2048,
+            hot_after: 2,
+            min_tokens: 32,
         }
     }
 }

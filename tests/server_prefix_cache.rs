@@ -99,6 +99,41 @@ async fn a_shared_system_prompt_is_prefilled_once() {
     );
 }
 
+/// Requests that share a system prompt and arrive together, on slots that never held it:
+/// each starts from the prompt-cache file saved when the prefix became hot, so the prefix is
+/// prefilled once for all of them (here, once before the restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_arriving_together_start_from_the_prompt_cache_file() {
+    let cfg = config(&[DEFAULT_MODEL], "[scheduler]\nn_batch = 4\n");
+    let mut server = Server::start(&workspace_models(), &cfg, &[]).await;
+    ask(&server, "How do I reverse a list in Python?").await;
+    ask(&server, "What is a Rust lifetime?").await;
+    assert_eq!(
+        server.counter("rkserve_prompt_cache_saves_total").await,
+        1.0
+    );
+    // A new process: no slot holds anything, only the file is left.
+    server.restart().await;
+    let questions = [
+        "How do I sort a map by value in Go?",
+        "What does git rebase do?",
+        "How do I make a Python virtualenv?",
+        "What is a C++ move constructor?",
+    ];
+    let asked = questions.iter().map(|q| ask(&server, q));
+    for (prompt, cached) in futures_util::future::join_all(asked).await {
+        assert!(
+            prompt - cached <= 24,
+            "a request arriving with three others prefilled {} of {prompt} tokens",
+            prompt - cached
+        );
+    }
+    assert_eq!(
+        server.counter("rkserve_prompt_cache_loads_total").await,
+        1.0
+    );
+}
+
 /// The seed project's API: a named cache is created once (which warms a slot with it), then
 /// requests that name it in `use_cache` find its prompt already prefilled, in both APIs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -113,6 +148,11 @@ async fn a_named_cache_is_created_used_listed_and_deleted() {
     assert_eq!(r.json["replaced"], false);
     let cache_tokens = r.json["prompt_tokens"].as_u64().expect("prompt_tokens");
     assert!(cache_tokens > 100, "{r:?}");
+    // A named cache is made to be reused: its prompt-cache file is written at once.
+    assert_eq!(
+        server.counter("rkserve_prompt_cache_saves_total").await,
+        1.0
+    );
 
     let listed: Value = reqwest::get(&caches).await.unwrap().json().await.unwrap();
     assert_eq!(listed["data"][0]["cache_name"], "coder", "{listed}");

@@ -46,6 +46,7 @@ fn request(prompt: String, max_tokens: u32) -> Request {
         max_tokens,
         stop: vec![],
         arrival: Instant::now(),
+        prefix: None,
     }
 }
 

@@ -66,6 +66,7 @@ fn demux(c: &mut Criterion) {
                 max_tokens: u32::MAX,
                 stop: vec!["\n\nUser:".into()],
                 arrival: Instant::now(),
+                prefix: None,
             };
             // Output is not recorded for resuming: over millions of iterations it would
             // measure the allocator, and in a run it is one push per token.

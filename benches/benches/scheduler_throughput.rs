@@ -37,6 +37,7 @@ fn request(model: &str, prompt: String, max_tokens: u32) -> Request {
         max_tokens,
         stop: vec![],
         arrival: Instant::now(),
+        prefix: None,
     }
 }
 

@@ -8,7 +8,7 @@ use crate::error::Error;
 use crate::handle::{AbortHandle, Handle, RunOutcome};
 use crate::library::{AbiFamily, Runtime};
 use crate::params::{InferParams, Input, Sampling};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,6 +19,8 @@ pub struct InProcess {
     /// The handle's sampling, as initialised.
     sampling: Sampling,
     template: Option<(String, String, String)>,
+    /// The prompt cache loaded into the handle, loaded again into a re-initialised one.
+    prompt_cache: Option<PathBuf>,
     /// The current handle's abort handle; cleared before the handle is destroyed, under the
     /// same lock an abort holds, so no abort reaches a destroyed handle.
     abort: Arc<Mutex<Option<AbortHandle>>>,
@@ -68,6 +70,7 @@ impl InProcess {
             handle: Some(handle),
             sampling,
             template: None,
+            prompt_cache: None,
             abort,
             destroy_limit: Duration::from_secs(5),
         })
@@ -104,6 +107,17 @@ impl InProcess {
         self.sampling = sampling;
         if let Some((s, p, q)) = self.template.clone() {
             self.handle()?.set_chat_template(&s, &p, &q)?;
+        }
+        // The new handle starts without the prompt cache the scheduler loaded into the old
+        // one, which it still counts on.
+        if let Some(path) = self.prompt_cache.clone() {
+            if let Err(e) = self.handle()?.load_prompt_cache(&path) {
+                tracing::warn!(
+                    "re-loading prompt cache {} after re-initialising: {e}",
+                    path.display()
+                );
+                self.prompt_cache = None;
+            }
         }
         Ok(())
     }
@@ -200,10 +214,14 @@ impl Engine for InProcess {
     }
 
     fn load_prompt_cache(&mut self, path: &Path) -> Result<(), Error> {
-        self.handle()?.load_prompt_cache(path)
+        self.prompt_cache = None;
+        self.handle()?.load_prompt_cache(path)?;
+        self.prompt_cache = Some(path.to_path_buf());
+        Ok(())
     }
 
     fn release_prompt_cache(&mut self) -> Result<(), Error> {
+        self.prompt_cache = None;
         self.handle()?.release_prompt_cache()
     }
 

@@ -1,7 +1,9 @@
 use crate::embed::Pooling;
+use crate::prompt_store::PromptStore;
 use rkllm::AbiFamily;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How one model is served.
@@ -50,6 +52,19 @@ pub struct ModelConfig {
     /// The first wait before an instance whose worker died starts a new one; it doubles with
     /// each failed start, up to 32 times.
     pub restart_backoff: Duration,
+    /// Prompt-cache files for shared prefixes; `None`: none are saved or loaded.
+    pub prompt_cache: Option<PromptCacheConfig>,
+}
+
+/// When shared prefixes get prompt-cache files, and where those live.
+#[derive(Debug, Clone)]
+pub struct PromptCacheConfig {
+    /// The directory, shared by every model (its size limit is for all of them).
+    pub store: Arc<PromptStore>,
+    /// A prefix is saved at its request number `hot_after` (0: only named caches are).
+    pub hot_after: u32,
+    /// Prefixes shorter than this are not worth a file.
+    pub min_tokens: usize,
 }
 
 impl ModelConfig {
@@ -75,6 +90,7 @@ impl ModelConfig {
             release_hidden_states: None,
             isolation: Isolation::InProcess,
             restart_backoff: Duration::from_millis(200),
+            prompt_cache: None,
         }
     }
 }

@@ -374,6 +374,7 @@ mod tests {
                 max_tokens,
                 stop: stop.iter().map(|s| s.to_string()).collect(),
                 arrival: Instant::now(),
+                prefix: None,
             },
         };
         (Sequence::start(p, Instant::now(), true, false), rx)

@@ -13,9 +13,12 @@ pub mod demux;
 pub mod embed;
 mod engine;
 pub mod error;
+pub mod hot_prefixes;
 mod instance;
 mod model;
 pub mod policy;
+mod prompt_cache;
+pub mod prompt_store;
 mod queue;
 mod records;
 pub mod reform;
@@ -29,10 +32,13 @@ pub mod stop;
 pub mod telemetry;
 mod worker;
 
-pub use config::{CutVia, Isolation, ModelConfig, Reform};
+pub use config::{CutVia, Isolation, ModelConfig, PromptCacheConfig, Reform};
 pub use embed::Pooling;
 pub use error::SubmitError;
-pub use request::{BatchKey, Event, Failure, FinishReason, Request, RequestStream, Timings};
+pub use prompt_store::PromptStore;
+pub use request::{
+    BatchKey, Event, Failure, FinishReason, Request, RequestStream, SharedPrefix, Timings,
+};
 pub use scheduler::Scheduler;
 pub use snapshot::{InstanceSnapshot, InstanceState, ModelSnapshot, ModelStatus};
 pub use telemetry::FailKind;

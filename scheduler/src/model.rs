@@ -4,6 +4,7 @@
 use crate::config::ModelConfig;
 use crate::instance::{Instance, InstanceState};
 use crate::policy::Policy;
+use crate::prompt_cache::PromptFiles;
 use crate::queue::Queue;
 use crate::request::Failure;
 use crate::snapshot::ModelStatus;
@@ -32,6 +33,8 @@ pub(crate) struct Model {
     pub queue: Queue,
     pub status: Mutex<ModelStatus>,
     pub instances: Vec<Arc<Instance>>,
+    /// Its prompt-cache files, when the configuration has them.
+    pub prompt_files: Option<PromptFiles>,
 }
 
 impl Model {

@@ -19,6 +19,23 @@ pub struct Request {
     pub max_tokens: u32,
     pub stop: Vec<String>,
     pub arrival: Instant,
+    /// The start of the prompt other requests share, if the server knows it.
+    pub prefix: Option<SharedPrefix>,
+}
+
+/// The start of a prompt that other requests share (a rendered system prompt): what a
+/// prompt-cache file holds, so that on a runtime that re-prefills every prompt, requests
+/// with this start prefill only the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedPrefix {
+    /// Its bytes at the prompt's start.
+    pub bytes: usize,
+    /// Its ids at the start of `prompt_ids`, where the request has them.
+    pub ids: usize,
+    /// Its tokens, to tell whether a file for it pays.
+    pub tokens: usize,
+    /// Cached from its first request: a named cache, made by a client to be reused.
+    pub pinned: bool,
 }
 
 /// What must be equal for two requests to share a run: everything the runtime applies per

@@ -7,6 +7,7 @@ use crate::error::SubmitError;
 use crate::instance::{Instance, InstanceState};
 use crate::model::{Model, Shared};
 use crate::policy::Policy;
+use crate::prompt_cache::PromptFiles;
 use crate::queue::{sweep, Pending, Queue};
 use crate::records::Choices;
 use crate::request::{BatchKey, Failure, Request, RequestStream};
@@ -121,6 +122,7 @@ impl Scheduler {
                 .map(|i| Arc::new(Instance::new(i)))
                 .collect(),
             unloading: AtomicBool::new(false),
+            prompt_files: PromptFiles::new(&cfg),
             cfg,
         })
     }

@@ -4,7 +4,7 @@
 
 use crate::queue::Pending;
 use crate::records::{counted, Choices};
-use crate::request::{BatchKey, Event, FinishReason, Request, Timings};
+use crate::request::{BatchKey, Event, FinishReason, Request, SharedPrefix, Timings};
 use crate::stop::StopMatcher;
 use crate::telemetry::{ModelTelemetry, Outcome, RequestRecord};
 use rkllm::{Input, Sampling};
@@ -25,6 +25,7 @@ pub struct Sequence {
     pub max_tokens: u32,
     prompt: String,
     prompt_ids: Option<Vec<i32>>,
+    pub prefix: Option<SharedPrefix>,
     pub prompt_tokens: usize,
     arrival: Instant,
     /// When its first run started.
@@ -84,6 +85,7 @@ impl Sequence {
             prompt_tokens: req.prompt_tokens,
             prompt: req.prompt,
             prompt_ids: req.prompt_ids,
+            prefix: req.prefix,
             arrival: req.arrival,
             started,
             generated: 0,
@@ -117,6 +119,28 @@ impl Sequence {
                 let mut text = self.prompt.clone();
                 text.push_str(&String::from_utf8_lossy(&self.generated_text));
                 Input::prompt(text)
+            }
+        }
+    }
+
+    /// Its shared prefix as the runtime is given it (ids where the prompt has them, else
+    /// text), with the prefix's key.
+    pub fn prefix_input(&self) -> Option<(Input, String)> {
+        let p = self.prefix?;
+        match &self.prompt_ids {
+            Some(ids) => {
+                let ids = ids.get(..p.ids).filter(|i| !i.is_empty())?;
+                Some((
+                    Input::tokens(ids.to_vec()),
+                    crate::prompt_store::prefix_key(None, Some(ids)),
+                ))
+            }
+            None => {
+                let text = self.prompt.get(..p.bytes).filter(|t| !t.is_empty())?;
+                Some((
+                    Input::prompt(text.to_string()),
+                    crate::prompt_store::prefix_key(Some(text.as_bytes()), None),
+                ))
             }
         }
     }

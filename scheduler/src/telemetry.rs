@@ -38,6 +38,11 @@ pub const DEAD_SLOT_STEPS: &str = "rkserve_dead_slot_steps_total";
 pub const PREFIX_CACHE_HITS: &str = "rkserve_prefix_cache_hits_total";
 pub const PREFIX_CACHE_MISSES: &str = "rkserve_prefix_cache_misses_total";
 pub const PREFIX_CACHE_SAVED_TOKENS: &str = "rkserve_prefix_cache_saved_tokens_total";
+pub const PROMPT_CACHE_BYTES: &str = "rkserve_prompt_cache_bytes";
+pub const PROMPT_CACHE_SAVES: &str = "rkserve_prompt_cache_saves_total";
+pub const PROMPT_CACHE_LOADS: &str = "rkserve_prompt_cache_loads_total";
+pub const PROMPT_CACHE_EVICTIONS: &str = "rkserve_prompt_cache_evictions_total";
+pub const PROMPT_CACHE_ERRORS: &str = "rkserve_prompt_cache_errors_total";
 pub const MEMORY: &str = "rkserve_runtime_memory_bytes";
 pub const RUNNING: &str = "rkserve_num_requests_running";
 pub const WAITING: &str = "rkserve_num_requests_waiting";
@@ -149,6 +154,9 @@ fn record_all(rx: Receiver<Record>, stats: &LatencyStats) {
                     PREFIX_CACHE_HITS,
                     PREFIX_CACHE_MISSES,
                     PREFIX_CACHE_SAVED_TOKENS,
+                    PROMPT_CACHE_SAVES,
+                    PROMPT_CACHE_LOADS,
+                    PROMPT_CACHE_ERRORS,
                     WORKER_RESTARTS,
                     NBATCH_FALLBACKS,
                 ] {
@@ -388,6 +396,31 @@ pub fn describe() {
         PREFIX_CACHE_MISSES,
         Unit::Count,
         "Requests whose runtime prefilled the whole prompt (only runtimes that report prefill tokens in their perf stats count)."
+    );
+    describe_gauge!(
+        PROMPT_CACHE_BYTES,
+        Unit::Bytes,
+        "Bytes of prompt-cache files (saved prefill state of shared prefixes) in the cache directory."
+    );
+    describe_counter!(
+        PROMPT_CACHE_SAVES,
+        Unit::Count,
+        "Prompt-cache files written: a hot prefix prefilled once and saved by the runtime."
+    );
+    describe_counter!(
+        PROMPT_CACHE_LOADS,
+        Unit::Count,
+        "Prompt-cache files loaded into a runtime handle, whose runs then reuse that prefix."
+    );
+    describe_counter!(
+        PROMPT_CACHE_EVICTIONS,
+        Unit::Count,
+        "Prompt-cache files removed, least recently used first, to keep the directory under its size limit."
+    );
+    describe_counter!(
+        PROMPT_CACHE_ERRORS,
+        Unit::Count,
+        "Prompt-cache saves or loads that failed (the runtime refused, or wrote no file)."
     );
     describe_counter!(
         PREFIX_CACHE_SAVED_TOKENS,

@@ -12,6 +12,7 @@ use crate::engine;
 use crate::instance::{Instance, InstanceState};
 use crate::model::{Model, Shared};
 use crate::policy::Freed;
+use crate::prompt_cache;
 use crate::queue::{take_batch, take_joining, Pending};
 use crate::request::{BatchKey, Failure, FinishReason};
 use crate::runner::{Cutter, Reforming, Run};
@@ -164,6 +165,8 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
     let mut cost = CostModel::new(Priors::default());
     // What each slot's KV cache was last given: new requests go where their prefix is.
     let mut cached: Vec<Vec<u8>> = vec![Vec::new(); n_batch];
+    // The key of the prompt-cache file loaded into the handle.
+    let mut loaded_prefix: Option<String> = None;
     let mut carry: Vec<Option<Sequence>> = (0..n_batch).map(|_| None).collect();
     let mut freed = None;
     let mut runs = 0u64;
@@ -180,6 +183,7 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
             }
             n_batch = engine.n_batch();
             cached = vec![Vec::new(); n_batch];
+            loaded_prefix = None;
             carry = (0..n_batch).map(|_| None).collect();
         }
         drop_cancelled(&mut carry, &model.queue.tel);
@@ -242,7 +246,18 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
         let Some(sampling) = sampling else { continue };
         let resumed: Vec<bool> = carry.iter().map(Option::is_some).collect();
         let mut slots = std::mem::replace(&mut carry, (0..n_batch).map(|_| None).collect());
-        place(&mut slots, &mut cached, fresh, reform);
+        let placed = place(&mut slots, &mut cached, fresh, reform);
+        if let Some(files) = &model.prompt_files {
+            let before = prompt_cache::Before {
+                model_name: &cfg.name,
+                files,
+                inst: &inst,
+                slots: &slots,
+                fresh: &placed,
+                sampling,
+            };
+            prompt_cache::prepare(&before, &mut *engine, &mut loaded_prefix);
+        }
         let members = slots.iter().filter(|s| s.is_some()).count();
         runs += 1;
         let end = Run {
@@ -292,22 +307,23 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
 }
 
 /// Puts new requests in the free slots, each where its prompt shares the most with what the
-/// slot last held.
+/// slot last held. Returns the slots they went to.
 fn place(
     slots: &mut [Option<Sequence>],
     cached: &mut [Vec<u8>],
     fresh: Vec<Pending>,
     keep_output: bool,
-) {
+) -> Vec<usize> {
     let free: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].is_none()).collect();
     let cached_refs: Vec<&[u8]> = cached.iter().map(Vec::as_slice).collect();
     let prompts: Vec<&[u8]> = fresh.iter().map(|p| p.req.prompt.as_bytes()).collect();
     let at = affinity::assign(&free, &cached_refs, &prompts);
     let now = Instant::now();
-    for (p, slot) in fresh.into_iter().zip(at) {
+    for (p, &slot) in fresh.into_iter().zip(&at) {
         cached[slot] = p.req.prompt.as_bytes().to_vec();
         slots[slot] = Some(Sequence::start(p, now, keep_output, true));
     }
+    at
 }
 
 /// A carried sequence whose client left is dropped before the next run, and counted.

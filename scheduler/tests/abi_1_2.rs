@@ -41,6 +41,7 @@ fn sampling_changes_reinitialise_the_handle_and_every_request_is_served() {
             max_tokens: 6,
             stop: vec![],
             arrival: Instant::now(),
+            prefix: None,
         })
         .unwrap()
     };

@@ -24,6 +24,7 @@ fn req(model: &str, prompt: &str, max_tokens: u32) -> Request {
         max_tokens,
         stop: vec![],
         arrival: Instant::now(),
+        prefix: None,
     }
 }
 

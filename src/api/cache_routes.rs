@@ -74,6 +74,8 @@ pub async fn create(
                 "prompt",
             );
             warm.max_tokens = Some(1);
+            // Saved to a prompt-cache file now, for the requests that will name it.
+            warm.cache_prefix = Some(req.prompt.clone());
             let (meta, _) =
                 generate::complete(state, served.clone(), &warm, &Client::of(http)).await?;
             let name = served.entry.name.clone();

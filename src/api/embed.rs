@@ -154,6 +154,7 @@ pub async fn embed(
             max_tokens: 0,
             stop: Vec::new(),
             arrival,
+            prefix: None,
         })
         .collect();
     let streams = state.catalog.scheduler.submit_embeddings(reqs)?;

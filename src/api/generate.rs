@@ -14,7 +14,7 @@ use crate::models::Lease;
 use actix_web::http::StatusCode;
 use actix_web::web;
 use futures_util::stream::{self, BoxStream, StreamExt};
-use scheduler::{Event, FinishReason, Request, RequestStream};
+use scheduler::{Event, FinishReason, Request, RequestStream, SharedPrefix};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -74,6 +74,33 @@ pub async fn acquire(state: &web::Data<AppState>, served: &Arc<Served>) -> Resul
     off_loop(move || st.catalog.acquire(&sv)).await
 }
 
+/// The prompt's first `bytes` as a prefix the scheduler may keep a prompt-cache file of:
+/// counted in tokens, and where the prompt goes to the runtime as ids, its ids (as far as
+/// the prefix tokenized alone agrees with the whole prompt's).
+fn shared_prefix(
+    served: &Served,
+    prompt: &str,
+    ids: Option<&[i32]>,
+    bytes: usize,
+    g: &GenRequest,
+) -> Option<SharedPrefix> {
+    let text = prompt.get(..bytes)?;
+    let (ids_len, tokens) = match ids {
+        Some(all) => {
+            let head = served.tokenizer.ids(text)?;
+            let n = head.iter().zip(all).take_while(|(a, b)| a == b).count();
+            (n, n)
+        }
+        None => (0, served.tokenizer.count(text)),
+    };
+    (tokens > 0).then_some(SharedPrefix {
+        bytes,
+        ids: ids_len,
+        tokens,
+        pinned: g.cache_prefix.is_some(),
+    })
+}
+
 /// Submits every choice of the prepared prompts, each prompt's `n` choices in a row.
 fn submit(
     state: &web::Data<AppState>,
@@ -88,9 +115,16 @@ fn submit(
     stop.extend(g.stop.iter().cloned());
     let arrival = Instant::now();
     let mut reqs = Vec::with_capacity(prepared.prompts.len() * g.n);
-    for ((prompt, &prompt_tokens), ids) in prepared.prompts.iter().zip(counts).zip(ids) {
+    for (((prompt, &prompt_tokens), ids), bytes) in prepared
+        .prompts
+        .iter()
+        .zip(counts)
+        .zip(ids)
+        .zip(&prepared.prefixes)
+    {
         let room = (ctx - prompt_tokens - 1) as u32;
         let max_tokens = g.max_tokens.unwrap_or(room).min(room).max(1);
+        let prefix = bytes.and_then(|b| shared_prefix(served, prompt, ids.as_deref(), b, g));
         for _ in 0..g.n {
             reqs.push(Request {
                 model: served.entry.name.clone(),
@@ -101,6 +135,7 @@ fn submit(
                 max_tokens,
                 stop: stop.clone(),
                 arrival,
+                prefix,
             });
         }
     }

@@ -65,6 +65,7 @@ impl NamedCaches {
             .get(model, name)
             .ok_or_else(|| not_found(model, name))?;
         let mut g = g.clone();
+        g.cache_prefix = Some(cache.prompt.clone());
         match &mut g.prompt {
             Prompt::Chat { messages, .. } => match messages.first_mut() {
                 Some(m) if m.role == "system" => {

@@ -11,6 +11,9 @@ use chat_template::{ChatMessage, ChatTemplate, ParseConfig, RenderOptions};
 /// The prompts of one request (one per text prompt; a chat has one), each rendered.
 pub struct Prepared {
     pub prompts: Vec<String>,
+    /// Per prompt, the bytes at its start that its system prompt renders to: a prefix other
+    /// requests share, worth a prompt-cache file when it recurs.
+    pub prefixes: Vec<Option<usize>>,
     /// How every reply of this request is split into content, reasoning and tool calls.
     pub parse: ParseConfig,
 }
@@ -59,6 +62,42 @@ fn with_system(messages: &mut Vec<ChatMessage>, text: &str) {
     }
 }
 
+/// How much of `full` the conversation's leading system message accounts for: that message
+/// rendered alone (with the same tools, which templates put beside it), as far as it agrees
+/// with the whole rendering. `shared`: the part of the system text other requests share (a
+/// named cache's), when that is not all of it. `None` without a system message, or when the
+/// template renders nothing it shares (or refuses a conversation of a system message alone).
+fn system_prefix(
+    template: &ChatTemplate,
+    messages: &[ChatMessage],
+    opts: &RenderOptions<'_>,
+    full: &str,
+    shared: Option<&str>,
+) -> Option<usize> {
+    let first = messages.first().filter(|m| m.role == "system")?;
+    let first = match shared {
+        Some(text) => ChatMessage::new("system", text),
+        None => first.clone(),
+    };
+    let alone = RenderOptions {
+        add_generation_prompt: false,
+        continue_final_message: false,
+        ..*opts
+    };
+    let head = template
+        .render_opts(std::slice::from_ref(&first), &alone)
+        .ok()?;
+    let mut n = head
+        .bytes()
+        .zip(full.bytes())
+        .take_while(|(a, b)| a == b)
+        .count();
+    while !full.is_char_boundary(n) {
+        n -= 1;
+    }
+    (n > 0).then_some(n)
+}
+
 fn render(
     template: &ChatTemplate,
     messages: &[ChatMessage],
@@ -80,7 +119,13 @@ pub fn prepare(served: &Served, g: &GenRequest) -> Result<Prepared, ApiError> {
         tools: &tools,
         continue_final_message: continue_final,
     };
-    let prompts = match &g.prompt {
+    let rendered = |messages: &[ChatMessage], continue_final: bool| {
+        let o = opts(continue_final);
+        let full = render(template, messages, &o, g.prompt_param)?;
+        let prefix = system_prefix(template, messages, &o, &full, g.cache_prefix.as_deref());
+        Ok::<_, ApiError>((full, prefix))
+    };
+    let (prompts, prefixes) = match &g.prompt {
         Prompt::Chat {
             messages,
             continue_final,
@@ -89,16 +134,18 @@ pub fn prepare(served: &Served, g: &GenRequest) -> Result<Prepared, ApiError> {
             if let Some(s) = &steer {
                 with_system(&mut messages, s);
             }
-            vec![render(
-                template,
-                &messages,
-                &opts(*continue_final),
-                g.prompt_param,
-            )?]
+            let (p, prefix) = rendered(&messages, *continue_final)?;
+            (vec![p], vec![prefix])
         }
         Prompt::Text {
             prompts, raw: true, ..
-        } => prompts.clone(),
+        } => {
+            let shared = |p: &String| {
+                let c = g.cache_prefix.as_deref()?;
+                (!c.is_empty() && p.starts_with(c)).then_some(c.len())
+            };
+            (prompts.clone(), prompts.iter().map(shared).collect())
+        }
         Prompt::Text {
             prompts,
             raw: false,
@@ -114,9 +161,11 @@ pub fn prepare(served: &Served, g: &GenRequest) -> Result<Prepared, ApiError> {
                 if let Some(s) = &steer {
                     with_system(&mut messages, s);
                 }
-                render(template, &messages, &opts(false), g.prompt_param)
+                rendered(&messages, false)
             })
-            .collect::<Result<_, _>>()?,
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .unzip(),
     };
     let parse = ParseConfig {
         tools: (g.tool_choice != ToolChoice::None).then(|| template.tool_syntax()),
@@ -125,5 +174,9 @@ pub fn prepare(served: &Served, g: &GenRequest) -> Result<Prepared, ApiError> {
             .first()
             .is_some_and(|p| ChatTemplate::starts_in_reasoning(p)),
     };
-    Ok(Prepared { prompts, parse })
+    Ok(Prepared {
+        prompts,
+        prefixes,
+        parse,
+    })
 }

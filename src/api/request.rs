@@ -69,6 +69,9 @@ pub struct GenRequest {
     pub format: Format,
     /// A named prompt cache to put in front of the prompt (`use_cache`).
     pub use_cache: Option<String>,
+    /// The system text a named cache put first: the prefix other requests share, kept in a
+    /// prompt-cache file from its first request.
+    pub cache_prefix: Option<String>,
 }
 
 impl GenRequest {
@@ -86,6 +89,7 @@ impl GenRequest {
             thinking: None,
             format: Format::Text,
             use_cache: None,
+            cache_prefix: None,
         }
     }
 

@@ -65,6 +65,17 @@ impl Server {
     pub async fn start(models_dir: &Path, config: &str, args: &[&str]) -> Server {
         let mut dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("rkserve.toml");
+        // Prompt-cache files go with the server, not into a models directory other tests
+        // share, where one test's saved prefix would make another's first request warm.
+        let config = if config.contains("[prompt_cache]") {
+            config.to_string()
+        } else {
+            let cache = dir.path().join("prompt-cache");
+            format!(
+                "{config}\n[prompt_cache]\ndir = {:?}\n",
+                cache.display().to_string()
+            )
+        };
         std::fs::write(&config_path, config).expect("write config");
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         // Another process may take the port between our probe and the server's bind; a
@@ -100,6 +111,11 @@ impl Server {
         if let Err(log) = self.wait_ready().await {
             panic!("rkserve did not become ready again; its log:\n{log}");
         }
+    }
+
+    /// Where this server keeps prompt-cache files (unless its configuration says).
+    pub fn prompt_cache_dir(&self) -> PathBuf {
+        self.dir.path().join("prompt-cache")
     }
 
     pub fn pid(&self) -> u32 {
@@ -154,7 +170,8 @@ impl Server {
         std::mem::replace(&mut self.dir, dir)
     }
 
-    fn stop(&mut self) {
+    /// Kills the server (a later [`Server::restart`] starts it again).
+    pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -176,7 +193,6 @@ impl Server {
         out
     }
 
-    /// `GET /v1/models/loaded`'s entry for `model`.
     /// A counter's value summed over its series, from the Prometheus exposition.
     pub async fn counter(&self, name: &str) -> f64 {
         let text = reqwest::get(self.url("/metrics"))
@@ -205,6 +221,7 @@ impl Server {
         }
     }
 
+    /// `GET /v1/models/loaded`'s entry for `model`.
     pub async fn loaded(&self, model: &str) -> Value {
         let v: Value = reqwest::get(self.url("/v1/models/loaded"))
             .await

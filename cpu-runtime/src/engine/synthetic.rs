@@ -77,6 +77,10 @@ pub struct Timing {
     pub abort_ms: u64,
     /// How long a run takes to return after a callback returned 1 (pause), in milliseconds.
     pub pause_ms: u64,
+    /// How long `rkllm_load_prompt_cache` takes (milliseconds). A loaded file's prompt is
+    /// reused by every slot's prompt that starts with it, whatever `prefix_reuse` says, as
+    /// Rockchip documents for its prompt cache since 1.2.0.
+    pub prompt_cache_load_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -294,6 +298,10 @@ pub struct SyntheticEngine {
     slots: Vec<SlotState>,
     /// What each slot last held, for continuation and prefix reuse.
     held: Vec<Option<context::Record>>,
+    /// The prompt of the loaded prompt-cache file.
+    file_cache: Option<context::Record>,
+    /// Where this run saves its prompt cache (the first busy slot's prompt, at prefill).
+    save_cache: Option<(PathBuf, context::Record)>,
     /// Tokens generated in this run, all slots together (for fault injection).
     run_tokens: u32,
     split: bool,
@@ -344,6 +352,8 @@ impl SyntheticEngine {
             context,
             slots: vec![SlotState::default(); n_batch],
             held: vec![None; n_batch],
+            file_cache: None,
+            save_cache: None,
             run_tokens: 0,
             split,
             scripts,
@@ -525,12 +535,18 @@ impl Backend for SyntheticEngine {
                     ..SlotState::default()
                 },
             };
-            let shared = match &self.held[i] {
-                Some(r) if self.profile.timing.prefix_reuse && !next_turn => r
-                    .shared_tokens(input, self.profile.output.bytes_per_token)
-                    .min(n - 1),
+            let per = self.profile.output.bytes_per_token;
+            let own = match &self.held[i] {
+                Some(r) if self.profile.timing.prefix_reuse && !next_turn => {
+                    r.shared_tokens(input, per)
+                }
                 _ => 0,
             };
+            let from_file = match &self.file_cache {
+                Some(r) if !next_turn => r.shared_tokens(input, per),
+                _ => 0,
+            };
+            let shared = own.max(from_file).min(n - 1);
             state.history = history;
             state.prompt = n;
             state.pending = n - shared;
@@ -539,6 +555,10 @@ impl Backend for SyntheticEngine {
             states.push(Some((state, record)));
         }
         self.run_tokens = 0;
+        self.save_cache = req.save_prompt_cache.clone().and_then(|path| {
+            let first = states.iter().flatten().find_map(|(_, r)| r.clone())?;
+            Some((path, first))
+        });
         for (i, new) in states.into_iter().enumerate() {
             if let Some((state, record)) = new {
                 self.slots[i] = state;
@@ -607,6 +627,10 @@ impl Backend for SyntheticEngine {
             s.history += s.prompt;
             s.prompt = 0;
             s.pending = 0;
+        }
+        if let Some((path, record)) = self.save_cache.take() {
+            std::fs::write(&path, record.to_file())
+                .map_err(|e| EngineError::PromptCache(format!("saving {}: {e}", path.display())))?;
         }
         Ok(())
     }
@@ -728,17 +752,22 @@ impl Backend for SyntheticEngine {
     fn set_chat_template(&mut self, _system: &str, _prefix: &str, _postfix: &str) {}
 
     fn load_prompt_cache(&mut self, path: &Path) -> Result<(), EngineError> {
-        if path.exists() {
-            Ok(())
-        } else {
-            Err(EngineError::PromptCache(format!(
-                "{} does not exist",
+        let bytes = std::fs::read(path)
+            .map_err(|e| EngineError::PromptCache(format!("{}: {e}", path.display())))?;
+        let record = context::Record::from_file(&bytes).ok_or_else(|| {
+            EngineError::PromptCache(format!(
+                "{} is not a prompt cache this engine wrote",
                 path.display()
-            )))
-        }
+            ))
+        })?;
+        Self::pause(self.profile.timing.prompt_cache_load_ms as f64, None);
+        self.file_cache = Some(record);
+        Ok(())
     }
 
-    fn release_prompt_cache(&mut self) {}
+    fn release_prompt_cache(&mut self) {
+        self.file_cache = None;
+    }
 
     fn finish_results(&self) -> FinishResults {
         self.profile.output.finish_results

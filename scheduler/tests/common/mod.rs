@@ -90,5 +90,6 @@ pub fn request(model: &str, prompt: &str, max_tokens: u32) -> Request {
         max_tokens,
         stop: vec![],
         arrival: Instant::now(),
+        prefix: None,
     }
 }

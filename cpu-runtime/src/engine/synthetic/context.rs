@@ -86,6 +86,49 @@ impl Record {
     }
 }
 
+/// The start of a synthetic prompt-cache file: what it holds is a prompt, not model state.
+const FILE_MAGIC: &[u8; 8] = b"RKSYNPC1";
+
+impl Record {
+    /// The record's input as a prompt-cache file: the prompt whose prefill state a real
+    /// runtime would save (the reply is not part of it).
+    pub fn to_file(&self) -> Vec<u8> {
+        let mut out = FILE_MAGIC.to_vec();
+        match &self.input {
+            Input::Text(t) => {
+                out.push(0);
+                out.extend_from_slice(t);
+            }
+            Input::Tokens(ids) => {
+                out.push(1);
+                ids.iter()
+                    .for_each(|t| out.extend_from_slice(&t.to_le_bytes()));
+            }
+        }
+        out
+    }
+
+    /// A record of the prompt a file holds, with no reply; `None` if it is not such a file.
+    pub fn from_file(bytes: &[u8]) -> Option<Record> {
+        let rest = bytes.strip_prefix(FILE_MAGIC)?;
+        let (&tag, body) = rest.split_first()?;
+        let input = match tag {
+            0 => Input::Text(body.to_vec()),
+            1 if body.len() % 4 == 0 => Input::Tokens(
+                body.chunks_exact(4)
+                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ),
+            _ => return None,
+        };
+        Some(Record {
+            input,
+            text: Vec::new(),
+            ids: Vec::new(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +169,20 @@ mod tests {
             3
         );
         assert!(Record::new(&SlotInput::Idle).is_none());
+    }
+
+    #[test]
+    fn a_file_holds_the_prompt_and_not_the_reply() {
+        for input in [
+            text(b"system: be brief"),
+            SlotInput::Tokens(vec![1, -2, 300]),
+        ] {
+            let mut r = Record::new(&input).unwrap();
+            r.push(b"reply", 100);
+            let back = Record::from_file(&r.to_file()).unwrap();
+            assert_eq!(back, Record::new(&input).unwrap());
+        }
+        assert!(Record::from_file(b"RKSYNPC1\x01abc").is_none());
+        assert!(Record::from_file(b"GGUF").is_none());
     }
 }
