@@ -36,12 +36,16 @@ impl PromptFiles {
         let pc = cfg.prompt_cache.clone()?;
         let key = |p: &std::path::Path| file_key(p);
         match (key(&cfg.model_path), key(&cfg.runtime_lib)) {
-            (Ok(m), Ok(l)) => Some(PromptFiles {
-                hot: Mutex::new(HotPrefixes::new(pc.hot_after)),
-                cfg: pc,
-                files: format!("{m}-{l}"),
-                saving_off: AtomicBool::new(false),
-            }),
+            (Ok(m), Ok(l)) => {
+                let files = format!("{m}-{l}");
+                pc.store.register(&files, &cfg.name);
+                Some(PromptFiles {
+                    hot: Mutex::new(HotPrefixes::new(pc.hot_after)),
+                    cfg: pc,
+                    files,
+                    saving_off: AtomicBool::new(false),
+                })
+            }
             (m, l) => {
                 let e = m
                     .err()

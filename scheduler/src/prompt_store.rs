@@ -18,6 +18,8 @@ const SUFFIX: &str = ".rkcache";
 pub struct PromptStore {
     dir: PathBuf,
     max_bytes: u64,
+    /// Model names by the model-and-library key of their files, for the metrics' labels.
+    models: parking_lot::Mutex<Vec<(String, String)>>,
     /// Makes temporary names unique within this process.
     next_tmp: AtomicU64,
 }
@@ -69,6 +71,7 @@ impl PromptStore {
         let store = PromptStore {
             dir,
             max_bytes,
+            models: parking_lot::Mutex::new(Vec::new()),
             next_tmp: AtomicU64::new(0),
         };
         store.evict(None);
@@ -77,6 +80,30 @@ impl PromptStore {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Names `model` as the owner of the files keyed `files`, so that its bytes on disk and
+    /// evictions are reported under its name.
+    pub fn register(&self, files: &str, model: &str) {
+        {
+            let mut m = self.models.lock();
+            m.retain(|(f, n)| f != files && n != model);
+            m.push((files.to_string(), model.to_string()));
+        }
+        metrics::counter!(PROMPT_CACHE_EVICTIONS, "model" => model.to_string()).increment(0);
+        self.evict(None);
+    }
+
+    /// The model whose files `path` is one of ("" if none is loaded).
+    fn owner(&self, path: &Path) -> String {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let name = name.unwrap_or_default();
+        self.models
+            .lock()
+            .iter()
+            .find(|(f, _)| name.starts_with(&format!("{f}-")))
+            .map(|(_, m)| m.clone())
+            .unwrap_or_default()
     }
 
     /// The file for a model-and-library key and a prefix key.
@@ -162,7 +189,7 @@ impl PromptStore {
             }
             if fs::remove_file(path).is_ok() {
                 total -= len;
-                metrics::counter!(PROMPT_CACHE_EVICTIONS).increment(1);
+                metrics::counter!(PROMPT_CACHE_EVICTIONS, "model" => self.owner(path)).increment(1);
                 tracing::info!(
                     "prompt cache: evicted {} ({len} bytes) to stay under {} bytes",
                     path.display(),
@@ -170,7 +197,24 @@ impl PromptStore {
                 );
             }
         }
-        metrics::gauge!(PROMPT_CACHE_BYTES).set(total as f64);
+        self.publish();
+    }
+
+    /// Sets each registered model's bytes on disk.
+    fn publish(&self) {
+        let files = self.files();
+        for (key, model) in self.models.lock().iter() {
+            let prefix = format!("{key}-");
+            let bytes: u64 = files
+                .iter()
+                .filter(|(p, _, _)| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+                })
+                .map(|f| f.1)
+                .sum();
+            metrics::gauge!(PROMPT_CACHE_BYTES, "model" => model.clone()).set(bytes as f64);
+        }
     }
 }
 

@@ -587,11 +587,28 @@ fn clear_kv_slot(a: &CheckArgs) -> Result<Found, String> {
     Ok(f.with("before", before).with("after", after))
 }
 
-/// A run that saves its prompt cache, then `rkllm_load_prompt_cache` of that file and a run.
+/// What rkserve's prompt-cache files rely on, as rkserve does it: on a handle of 2 slots, a
+/// run of a prefix alone in slot 1 with `save_prompt_cache`; `rkllm_load_prompt_cache` of the
+/// file; then, in the other slot, a prompt that starts with the prefix, whose prefill (perf
+/// stats) is compared with the same prompt's before the load. Reuse is reported, not required: without it the file
+/// costs a load and saves nothing.
 fn prompt_cache(a: &CheckArgs) -> Result<Found, String> {
-    let mut h = open(a, 1)?;
+    let mut h = open(a, 2)?;
     let path = a.work_dir.join("prompt-cache.bin");
     let _ = std::fs::remove_file(&path);
+    let prefix = "You are a careful assistant. You answer in plain words, in a few sentences, \
+                  and you say so when you do not know. ";
+    let idle = Input::tokens(Vec::new());
+    let full = Input::prompt(format!("{prefix}Write a few sentences about the sea."));
+    // Measured in slot 0, then cleared: the warm run in slot 0 can then reuse only the file,
+    // not what the slot itself held (the CPU runtime's own reuse).
+    let cold = run(
+        &mut h,
+        &[full.clone(), idle.clone()],
+        &InferParams::default(),
+        go_on,
+    )?;
+    let _ = h.clear_kv_cache(false, None);
     let save = InferParams {
         prompt_cache: Some(PromptCache {
             path: path.clone(),
@@ -599,29 +616,46 @@ fn prompt_cache(a: &CheckArgs) -> Result<Found, String> {
         }),
         ..InferParams::default()
     };
-    run(&mut h, &[prompt(0)], &save, go_on)?;
+    run(
+        &mut h,
+        &[idle.clone(), Input::prompt(prefix.to_string())],
+        &save,
+        go_on,
+    )?;
     let Ok(meta) = std::fs::metadata(&path) else {
         return Ok(Found::failed(format!(
-            "a run with save_prompt_cache wrote no {}",
+            "a run with save_prompt_cache (n_batch 2, slot 1 busy) wrote no {}",
             path.display()
         )));
     };
+    let loading = Instant::now();
     if let Err(e) = h.load_prompt_cache(&path) {
         return Ok(Found::failed(format!("rkllm_load_prompt_cache: {e}")).with("bytes", meta.len()));
     }
-    let ran = run(&mut h, &[prompt(0)], &InferParams::default(), go_on)?;
+    let load_ms = ms(loading.elapsed());
+    let warm = run(&mut h, &[full, idle], &InferParams::default(), go_on)?;
     let released = h.release_prompt_cache();
     h.destroy().map_err(|e| format!("rkllm_destroy: {e}"))?;
-    let f = match (ran.outcome, released) {
+    let (before, after) = (cold.prefill_tokens[0], warm.prefill_tokens[0]);
+    let reuse = if before <= 0 || after <= 0 {
+        "the perf stats report no prefill tokens, so reuse cannot be seen".to_string()
+    } else if after < before {
+        format!("the prompt that starts with it prefilled {after} tokens, {before} before the load: reused")
+    } else {
+        format!("the prompt that starts with it prefilled {after} tokens, as before the load ({before}): not reused")
+    };
+    let f = match (warm.outcome, released) {
         (RunOutcome::Finished, Ok(())) => Found::ok(format!(
-            "saved {} bytes, loaded them, and ran {} tokens after",
-            meta.len(),
-            ran.total()
+            "saved {} bytes from slot 1 of 2, loaded them in {load_ms} ms; {reuse}",
+            meta.len()
         )),
         (o, Ok(())) => Found::failed(format!("after loading the cache, the run ended {o:?}")),
         (_, Err(e)) => Found::failed(format!("rkllm_release_prompt_cache: {e}")),
     };
-    Ok(f.with("bytes", meta.len()))
+    Ok(f.with("bytes", meta.len())
+        .with("load_ms", load_ms)
+        .with("prefill_tokens_before_load", before)
+        .with("prefill_tokens_after_load", after))
 }
 
 /// Per-run sampling (1.3's `RKLLMInferParam.sampling_params`): two greedy runs of one prompt
