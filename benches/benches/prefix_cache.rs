@@ -1,23 +1,67 @@
-//! Automatic prefix caching on the default model through the HTTP API (streamed chat, time to
-//! the first content chunk), the seed project's scenario: a ~1300-character coding-assistant
-//! system prompt and several questions.
-//! 1. One client: cold (a system prompt no slot holds) against warm (the same system prompt,
+//! Prefix caching through the HTTP API (streamed chat, time to the first content chunk), the
+//! seed project's scenario: a ~1300-character coding-assistant system prompt and 5 questions.
+//! 1. One client: cold (a system prompt never seen) against warm (the same system prompt,
 //!    another question), over several rounds, each round with a system prompt of its own.
-//! 2. Eight clients with one new system prompt arriving together (every slot prefills it once),
-//!    then eight more with it (every slot holds it).
+//!    The second request of a round is the one that saves the prompt-cache file, if any.
+//! 2. Eight clients with one new system prompt arriving together, then eight more with it.
+//!
+//! Each on several setups, in one run: the default model (CPU runtime) with prompt-cache
+//! files and without, and the RK3588 projection (synthetic Qwen3-0.6B): prefix reuse off
+//! (the assumed board) without and with files, and reuse on.
 //!
 //! Prints figures; the targets (warm at most 1/10 of cold; 8 together at most 2x the
-//! single warm p50) are compared in docs/BENCHMARKS.md.
+//! single warm p50; reuse off plus files as good as reuse on) are compared in
+//! docs/BENCHMARKS.md.
 //!
 //! `cargo build --release && cargo bench -p rkserve-benches --bench prefix_cache`
-//! Env: ROUNDS (default 5), RKSERVE_EXE (default target/release/rkserve).
+//! Env: ROUNDS (default 5), SETUPS (comma-separated names; default all), RKSERVE_EXE
+//! (default target/release/rkserve).
 
 use futures_util::StreamExt;
 use rkserve_benches::{workspace, Server};
 use std::time::{Duration, Instant};
 
-const MODEL: &str = "smollm2-135m-instruct";
-const GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// One server to measure: a model file from the workspace's models directory, the name it is
+/// served as, and extra configuration.
+struct Setup {
+    name: &'static str,
+    file: &'static str,
+    model: &'static str,
+    config: &'static str,
+}
+
+const SETUPS: [Setup; 5] = [
+    Setup {
+        name: "cpu",
+        file: "SmolLM2-135M-Instruct.Q4_1.gguf",
+        model: "smollm2-135m-instruct",
+        config: "",
+    },
+    Setup {
+        name: "cpu-no-files",
+        file: "SmolLM2-135M-Instruct.Q4_1.gguf",
+        model: "smollm2-135m-instruct",
+        config: "[prompt_cache]\nenabled = false\n",
+    },
+    Setup {
+        name: "rk3588-no-reuse-no-files",
+        file: "synthetic/qwen3-0.6b-rk3588.toml",
+        model: "qwen3-0.6b-rk3588-synthetic",
+        config: "[prompt_cache]\nenabled = false\n",
+    },
+    Setup {
+        name: "rk3588-no-reuse-files",
+        file: "synthetic/qwen3-0.6b-rk3588.toml",
+        model: "qwen3-0.6b-rk3588-synthetic",
+        config: "",
+    },
+    Setup {
+        name: "rk3588-reuse",
+        file: "synthetic/qwen3-0.6b-rk3588-reuse.toml",
+        model: "qwen3-0.6b-rk3588-reuse-synthetic",
+        config: "[prompt_cache]\nenabled = false\n",
+    },
+];
 
 /// The tests' coding-assistant system prompt, lengthened to the ~1300 characters of the
 /// issue's scenario.
@@ -44,22 +88,35 @@ const QUESTIONS: [&str; 8] = [
     "How do I parse JSON in Rust?",
 ];
 
-fn start() -> Server {
-    let dir = std::env::temp_dir().join(format!("rkserve-bench-prefix-{}", std::process::id()));
+fn start(setup: &Setup) -> Server {
+    let dir = std::env::temp_dir().join(format!(
+        "rkserve-bench-prefix-{}-{}",
+        std::process::id(),
+        setup.name
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("models")).unwrap();
-    let model = workspace().join("models").join(GGUF);
+    let model = workspace().join("models").join(setup.file);
     assert!(model.is_file(), "run scripts/fetch-default-model first");
-    std::os::unix::fs::symlink(&model, dir.join("models").join(GGUF)).unwrap();
+    let name = model.file_name().unwrap();
+    std::os::unix::fs::symlink(&model, dir.join("models").join(name)).unwrap();
     let config = format!(
-        "[models]\npreload = [\"{MODEL}\"]\nfetch_default_model = false\n[scheduler]\nn_batch = 8\n"
+        "[models]\npreload = [\"{}\"]\nfetch_default_model = false\n[scheduler]\nn_batch = 8\n{}",
+        setup.model, setup.config
     );
     Server::start(&dir, &config, Duration::from_secs(120))
 }
 
 /// Time to the first content chunk of a streamed chat completion.
-async fn ttft(client: &reqwest::Client, url: &str, system: &str, question: &str) -> Duration {
+async fn ttft(
+    client: &reqwest::Client,
+    url: &str,
+    model: &str,
+    system: &str,
+    question: &str,
+) -> Duration {
     let body = serde_json::json!({
-        "model": MODEL,
+        "model": model,
         "messages": [
             {"role": "system", "content": system},
             {"role": "user", "content": question},
@@ -96,12 +153,17 @@ fn p50(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-async fn together(client: &reqwest::Client, url: &str, system: &str) -> Vec<Duration> {
+async fn together(client: &reqwest::Client, url: &str, model: &str, system: &str) -> Vec<Duration> {
     let tasks: Vec<_> = QUESTIONS
         .iter()
         .map(|q| {
-            let (client, url, system) = (client.clone(), url.to_string(), system.to_string());
-            tokio::spawn(async move { ttft(&client, &url, &system, q).await })
+            let (client, url, model, system) = (
+                client.clone(),
+                url.to_string(),
+                model.to_string(),
+                system.to_string(),
+            );
+            tokio::spawn(async move { ttft(&client, &url, &model, &system, q).await })
         })
         .collect();
     let mut out = Vec::new();
@@ -117,49 +179,59 @@ async fn main() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(5);
-    let server = start();
-    let client = reqwest::Client::new();
+    let only: Option<Vec<String>> = std::env::var("SETUPS")
+        .ok()
+        .map(|s| s.split(',').map(str::to_string).collect());
     println!(
-        "system prompt: {} characters; default model, n_batch 8",
-        SYSTEM.len()
+        "system prompt: {} characters, {} questions a round, {rounds} rounds; n_batch 8",
+        SYSTEM.len(),
+        QUESTIONS[1..6].len() + 1
     );
+    println!("| setup | 1 client cold p50 | warm p50 | warm/cold | 8 together, new prompt p50 / max | 8 together, known prompt p50 / max | known p50 / single warm |");
+    println!("|---|---|---|---|---|---|---|");
+    for setup in SETUPS
+        .iter()
+        .filter(|s| only.as_ref().is_none_or(|o| o.iter().any(|n| n == s.name)))
+    {
+        measure(setup, rounds).await;
+    }
+}
+
+async fn measure(setup: &Setup, rounds: usize) {
+    let server = start(setup);
+    let (client, url, model) = (reqwest::Client::new(), server.url.as_str(), setup.model);
     // The first request pays llama.cpp's own warm-up: not a cold prefill.
-    ttft(&client, &server.url, "Warm-up.", "Hi").await;
+    ttft(&client, url, model, "Warm-up.", "Hi").await;
     let (mut cold, mut warm) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         // A system prompt of its own per round, different from its first token on.
         let system = format!("Round {round}. {SYSTEM}");
-        cold.push(ttft(&client, &server.url, &system, QUESTIONS[0]).await);
+        cold.push(ttft(&client, url, model, &system, QUESTIONS[0]).await);
         for q in &QUESTIONS[1..6] {
-            warm.push(ttft(&client, &server.url, &system, q).await);
+            warm.push(ttft(&client, url, model, &system, q).await);
         }
     }
     let (c, w) = (p50(cold), p50(warm));
-    println!(
-        "1 client: TTFT p50 cold {:.0} ms, warm {:.0} ms (warm/cold {:.2}, {:.1}x)",
-        ms(c),
-        ms(w),
-        ms(w) / ms(c),
-        ms(c) / ms(w)
-    );
     let system = format!("Together. {SYSTEM}");
-    let first = together(&client, &server.url, &system).await;
-    let again = together(&client, &server.url, &system).await;
+    let first = together(&client, url, model, &system).await;
+    let again = together(&client, url, model, &system).await;
     let show = |v: &[Duration]| {
         let mut v = v.to_vec();
         v.sort();
         format!(
-            "p50 {:.0} ms, max {:.0} ms",
+            "{:.0} / {:.0} ms",
             ms(v[v.len() / 2]),
             ms(*v.last().unwrap())
         )
     };
     println!(
-        "8 clients together, a new system prompt: TTFT {}",
-        show(&first)
-    );
-    println!(
-        "8 clients together, the system prompt cached: TTFT {} ({:.2}x the single warm p50)",
+        "| {} | {:.0} ms | {:.0} ms | {:.3} ({:.1}x) | {} | {} | {:.2}x |",
+        setup.name,
+        ms(c),
+        ms(w),
+        ms(w) / ms(c),
+        ms(c) / ms(w),
+        show(&first),
         show(&again),
         ms(p50(again.clone())) / ms(w)
     );

@@ -36,6 +36,36 @@ pub fn assign(free: &[usize], cached: &[&[u8]], prompts: &[&[u8]]) -> Vec<usize>
     out
 }
 
+/// Prompt tokens a new request is expected to prefill: those past the longest prefix the
+/// runtime can reuse, either a slot's cached text (reused at `own_reuse`, 0 to 1, what the
+/// runtime was seen to reuse of resumed contexts) or the loaded prompt-cache file's prefix
+/// (reused whole: the runtime loaded it). Counted in proportion to bytes; at least one token,
+/// whose logits start the reply.
+pub fn expected_prefill(
+    prompt: &[u8],
+    prompt_tokens: usize,
+    cached: &[Vec<u8>],
+    file_prefix: &[u8],
+    own_reuse: f64,
+) -> usize {
+    if prompt.is_empty() {
+        return prompt_tokens.max(1);
+    }
+    let own = cached
+        .iter()
+        .map(|c| common_prefix(c, prompt))
+        .max()
+        .unwrap_or(0);
+    let file = if prompt.starts_with(file_prefix) {
+        file_prefix.len()
+    } else {
+        0
+    };
+    let shared = (own as f64 * own_reuse.clamp(0.0, 1.0)).max(file as f64);
+    let left = prompt_tokens as f64 * (1.0 - shared / prompt.len() as f64);
+    (left.ceil() as usize).clamp(1, prompt_tokens.max(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,6 +87,27 @@ mod tests {
         assert_eq!(assign(&[3, 1, 2], &cached, &[b"x", b"y"]), vec![1, 2]);
         assert_eq!(assign(&[2], &cached, &[b"x", b"y"]), vec![2]);
         assert!(assign(&[], &cached, &[b"x"]).is_empty());
+    }
+
+    #[test]
+    fn a_newcomer_prefills_what_no_slot_or_file_holds() {
+        let prompt = b"system prompt of forty bytes, and a q?";
+        let cached = vec![b"system prompt of forty bytes, other".to_vec(), Vec::new()];
+        // A runtime that reuses what its slots hold: only the question is left.
+        let n = expected_prefill(prompt, 40, &cached, b"", 1.0);
+        assert!(n < 15, "{n}");
+        // One that reuses nothing of its slots prefills all of it ...
+        assert_eq!(expected_prefill(prompt, 40, &cached, b"", 0.0), 40);
+        // ... unless the prompt-cache file it loaded holds the prefix.
+        let n = expected_prefill(prompt, 40, &cached, b"system prompt of forty bytes", 0.0);
+        assert!(n < 15, "{n}");
+        // A file of another prefix is no help; nor is an empty prompt a division by zero.
+        assert_eq!(expected_prefill(prompt, 40, &[], b"other prefix", 0.0), 40);
+        assert_eq!(expected_prefill(b"", 0, &[], b"", 1.0), 1);
+        assert_eq!(
+            expected_prefill(prompt, 40, &[prompt.to_vec()], b"", 1.0),
+            1
+        );
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct Demux {
     steps: u64,
     slot_steps: u64,
     dead_slot_steps: u64,
+    /// Tokens resumed sequences prefilled again (the runtime's perf stats).
+    resumed_prefill: u64,
     memory_mb: Option<f32>,
     cut: Option<(Cut, Instant)>,
     /// Steps seen since the cut was decided (a runtime that ignores pause keeps going).
@@ -54,7 +56,8 @@ pub struct Observed {
     pub steps: Vec<(usize, f64)>,
     /// Prompt tokens prefilled at the run's start (from perf stats) and how long it took.
     pub prefill: Option<(usize, f64)>,
-    /// Resumed sequences: (tokens prefilled again, context tokens).
+    /// Resumed sequences, and new ones placed where their slot held part of their prompt:
+    /// (tokens of what was held prefilled again, tokens held).
     pub resumes: Vec<(usize, usize)>,
     /// Replies that ended by themselves, in tokens.
     pub replies: Vec<u32>,
@@ -85,6 +88,7 @@ impl Demux {
             steps: 0,
             slot_steps: 0,
             dead_slot_steps: 0,
+            resumed_prefill: 0,
             memory_mb: None,
             cut: None,
             steps_since_cut: 0,
@@ -127,7 +131,7 @@ impl Demux {
             slot_steps: self.slot_steps,
             dead_slot_steps: self.dead_slot_steps,
             cut: self.cut.is_some(),
-            resumed_prefill_tokens: self.observed.resumes.iter().map(|&(p, _)| p as u64).sum(),
+            resumed_prefill_tokens: self.resumed_prefill,
             memory_bytes: self
                 .memory_mb
                 .map(|mb| (mb as f64 * 1024.0 * 1024.0) as u64),
@@ -266,6 +270,14 @@ impl Demux {
             if self.steps == 1 && !self.resumed[i] && r.perf.prefill_tokens > 0 {
                 let prefilled = r.perf.prefill_tokens as u32;
                 seq.prefilled_tokens = Some(prefilled);
+                // What the runtime did with a prefix its slot held is what it does with a
+                // resumed context: the same evidence for the cost model, and the only one
+                // before any run has been cut.
+                if seq.held_tokens > 0 {
+                    let own = seq.prompt_tokens.saturating_sub(seq.held_tokens);
+                    let again = (prefilled as usize).saturating_sub(own);
+                    self.observed.resumes.push((again, seq.held_tokens));
+                }
                 tracing::debug!(
                     request = seq.id,
                     slot = i,
@@ -280,6 +292,7 @@ impl Demux {
                 let prefilled = r.perf.prefill_tokens.max(0) as u32;
                 seq.resumes += 1;
                 seq.resume_prefill_tokens += prefilled;
+                self.resumed_prefill += u64::from(prefilled);
                 self.observed
                     .resumes
                     .push((prefilled as usize, seq.context_tokens()));

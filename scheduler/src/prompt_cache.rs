@@ -71,14 +71,19 @@ pub(crate) struct Before<'a> {
 }
 
 /// Makes the handle hold the file of the hot prefix most of the run's new requests share,
-/// saving it first if needed. `loaded` is the prefix key the handle holds. Failures are
+/// saving it first if needed. `loaded` is the prefix key the handle holds, with the prefix's
+/// text (which the re-forming decision counts as reused). Failures are
 /// logged and counted; the run goes on without the file.
-pub(crate) fn prepare(b: &Before<'_>, engine: &mut dyn Engine, loaded: &mut Option<String>) {
+pub(crate) fn prepare(
+    b: &Before<'_>,
+    engine: &mut dyn Engine,
+    loaded: &mut Option<(String, Vec<u8>)>,
+) {
     let pf = b.files;
     let store = &pf.cfg.store;
     // Prefixes worth their file: hot ones, and any with a file already (saved when it was
     // hot, perhaps before a restart).
-    let mut worth: Vec<(String, usize, Input)> = Vec::new();
+    let mut worth: Vec<(String, usize, Input, usize)> = Vec::new();
     {
         let mut counts = pf.hot.lock();
         for &i in b.fresh {
@@ -90,22 +95,22 @@ pub(crate) fn prepare(b: &Before<'_>, engine: &mut dyn Engine, loaded: &mut Opti
                 continue;
             };
             if counts.observe(&key, p.pinned) || store.path(&pf.files, &key).is_file() {
-                worth.push((key, i, input));
+                worth.push((key, i, input, p.bytes));
             }
         }
     }
     // The prefix most new requests share; the first of them among equals.
-    let Some((key, slot, input)) = worth
+    let Some((key, slot, input, bytes)) = worth
         .iter()
-        .max_by_key(|(k, i, _)| {
-            let n = worth.iter().filter(|(o, _, _)| o == k).count();
+        .max_by_key(|(k, i, _, _)| {
+            let n = worth.iter().filter(|(o, _, _, _)| o == k).count();
             (n, std::cmp::Reverse(*i))
         })
         .cloned()
     else {
         return;
     };
-    if loaded.as_deref() == Some(key.as_str()) {
+    if loaded.as_ref().is_some_and(|(k, _)| *k == key) {
         return;
     }
     let path = match store.lookup(&pf.files, &key) {
@@ -126,7 +131,10 @@ pub(crate) fn prepare(b: &Before<'_>, engine: &mut dyn Engine, loaded: &mut Opti
         Ok(()) => {
             metrics::counter!(PROMPT_CACHE_LOADS, "model" => b.model_name.to_string()).increment(1);
             tracing::debug!(model = %b.model_name, instance = b.inst.index, "prompt cache: loaded {}", path.display());
-            *loaded = Some(key);
+            let text = b.slots[slot].as_ref().map_or(&[][..], |s| {
+                &s.prompt_bytes()[..bytes.min(s.prompt_bytes().len())]
+            });
+            *loaded = Some((key, text.to_vec()));
         }
         Err(e) => {
             metrics::counter!(PROMPT_CACHE_ERRORS, "model" => b.model_name.to_string())

@@ -121,14 +121,16 @@ pub fn may_join(
     })
 }
 
-/// Prompt tokens of the waiting requests that may join a run of `key`, oldest first, at most
-/// `free`, into `out` (the runtime's callback asks, so it does not allocate).
+/// `prefill` of each waiting request that may join a run of `key` (its prompt tokens the
+/// runtime is expected to prefill), oldest first, at most `free`, into `out` (the runtime's
+/// callback asks, so it does not allocate).
 pub fn joinable_prompts(
     waiting: &VecDeque<Pending>,
     key: BatchKey,
     free: usize,
     starvation: Duration,
     now: Instant,
+    prefill: impl Fn(&Request) -> usize,
     out: &mut Vec<usize>,
 ) {
     if free == 0 || !may_join(waiting, key, starvation, now) {
@@ -139,7 +141,7 @@ pub fn joinable_prompts(
             .iter()
             .filter(|p| p.key == key && !p.tx.is_closed())
             .take(free)
-            .map(|p| p.req.prompt_tokens),
+            .map(|p| prefill(&p.req)),
     );
 }
 

@@ -36,7 +36,8 @@ pub struct RunView<'a> {
 /// Waiting requests that may join this run (same sampling), oldest first.
 #[derive(Debug, Clone, Copy)]
 pub struct QueueView<'a> {
-    /// Prompt tokens of each admissible waiting request.
+    /// Prompt tokens each admissible waiting request would prefill: its prompt's, less what
+    /// the runtime is expected to reuse (a slot's cached prefix, a loaded prompt cache).
     pub prompt_tokens: &'a [usize],
 }
 

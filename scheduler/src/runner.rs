@@ -3,6 +3,7 @@
 //! question whether to cut the run to re-form it ([`reform::decide`]). A cut run returns the
 //! sequences still generating, which the instance resumes in its next run.
 
+use crate::affinity::expected_prefill;
 use crate::config::CutVia;
 use crate::cost::CostModel;
 use crate::demux::{Cut, Demux};
@@ -93,6 +94,10 @@ pub struct Run<'a> {
     pub reform: Option<Reforming<'a>>,
     /// Learns from every run, and prices the cuts.
     pub cost: &'a mut CostModel,
+    /// What each slot's KV cache was last given, and the prefix of the prompt-cache file
+    /// the handle holds: what a joining request would not prefill again.
+    pub slot_texts: &'a [Vec<u8>],
+    pub file_prefix: &'a [u8],
 }
 
 impl Run<'_> {
@@ -107,6 +112,8 @@ impl Run<'_> {
             resumed,
             reform,
             cost,
+            slot_texts,
+            file_prefix,
         } = self;
         let prices: &CostModel = cost;
         let cfg = &model.cfg;
@@ -188,7 +195,18 @@ impl Run<'_> {
             joining.clear();
             // A queue someone holds is looked at again next step: never wait here.
             if let Some(w) = queue.waiting.try_lock() {
-                joinable_prompts(&w, key, free, starvation, now, &mut joining);
+                // The learned resume cost says how much of a slot's prefix the runtime reuses.
+                let own_reuse = 1.0 - prices.resume_fraction();
+                let prefill = |r: &crate::request::Request| {
+                    expected_prefill(
+                        r.prompt.as_bytes(),
+                        r.prompt_tokens,
+                        slot_texts,
+                        file_prefix,
+                        own_reuse,
+                    )
+                };
+                joinable_prompts(&w, key, free, starvation, now, prefill, &mut joining);
             }
             let verdict = reform::decide(
                 &RunView {

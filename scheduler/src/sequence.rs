@@ -44,6 +44,9 @@ pub struct Sequence {
     pub resume_prefill_tokens: u32,
     /// Prompt tokens the runtime prefilled for it in its first run (its perf stats).
     pub prefilled_tokens: Option<u32>,
+    /// Of its prompt's tokens, those its slot held when it was placed there (estimated from
+    /// the bytes they share), where nothing else (a loaded prompt cache) could supply them.
+    pub held_tokens: usize,
     /// Its last token brought no text: the runtime may hold part of a UTF-8 character, and a
     /// cut now would lose it.
     pub mid_char: bool,
@@ -99,6 +102,7 @@ impl Sequence {
             resumes: 0,
             resume_prefill_tokens: 0,
             prefilled_tokens: None,
+            held_tokens: 0,
             mid_char: false,
         }
     }

@@ -165,8 +165,8 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
     let mut cost = CostModel::new(Priors::default());
     // What each slot's KV cache was last given: new requests go where their prefix is.
     let mut cached: Vec<Vec<u8>> = vec![Vec::new(); n_batch];
-    // The key of the prompt-cache file loaded into the handle.
-    let mut loaded_prefix: Option<String> = None;
+    // The key of the prompt-cache file loaded into the handle, and its prefix's text.
+    let mut loaded_prefix: Option<(String, Vec<u8>)> = None;
     let mut carry: Vec<Option<Sequence>> = (0..n_batch).map(|_| None).collect();
     let mut freed = None;
     let mut runs = 0u64;
@@ -258,6 +258,17 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
             };
             prompt_cache::prepare(&before, &mut *engine, &mut loaded_prefix);
         }
+        // A prompt the loaded file supplies says nothing about what the runtime keeps of
+        // a slot's own prefix.
+        if let Some((_, file)) = &loaded_prefix {
+            for &i in &placed {
+                if let Some(s) = slots[i].as_mut() {
+                    if !file.is_empty() && s.prompt_bytes().starts_with(file) {
+                        s.held_tokens = 0;
+                    }
+                }
+            }
+        }
         let members = slots.iter().filter(|s| s.is_some()).count();
         runs += 1;
         let end = Run {
@@ -274,6 +285,10 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
                 run_id: runs,
             }),
             cost: &mut cost,
+            slot_texts: &cached,
+            file_prefix: loaded_prefix
+                .as_ref()
+                .map_or(&[][..], |(_, t)| t.as_slice()),
         }
         .execute(&mut *engine);
         *inst.memory.lock() = engine.memory();
@@ -320,8 +335,13 @@ fn place(
     let at = affinity::assign(&free, &cached_refs, &prompts);
     let now = Instant::now();
     for (p, &slot) in fresh.into_iter().zip(&at) {
-        cached[slot] = p.req.prompt.as_bytes().to_vec();
-        slots[slot] = Some(Sequence::start(p, now, keep_output, true));
+        let prompt = p.req.prompt.as_bytes();
+        let shared = affinity::common_prefix(&cached[slot], prompt);
+        let held = (p.req.prompt_tokens * shared / prompt.len().max(1)).saturating_sub(1);
+        cached[slot] = prompt.to_vec();
+        let mut seq = Sequence::start(p, now, keep_output, true);
+        seq.held_tokens = held;
+        slots[slot] = Some(seq);
     }
     at
 }
