@@ -3,7 +3,8 @@
 //! 1. One client: cold (a system prompt never seen) against warm (the same system prompt,
 //!    another question), over several rounds, each round with a system prompt of its own.
 //!    The second request of a round is the one that saves the prompt-cache file, if any.
-//! 2. Eight clients with one new system prompt arriving together, then eight more with it.
+//! 2. Eight clients with one new system prompt arriving together, then eight more with it and
+//!    other questions.
 //!
 //! Each on several setups, in one run: the default model (CPU runtime) with prompt-cache
 //! files and without, and the RK3588 projection (synthetic Qwen3-0.6B): prefix reuse off
@@ -88,6 +89,19 @@ const QUESTIONS: [&str; 8] = [
     "How do I parse JSON in Rust?",
 ];
 
+/// Eight more, for the second group arriving together: the system prompt is known by then,
+/// the questions are not.
+const MORE_QUESTIONS: [&str; 8] = [
+    "How do I make a Python virtualenv?",
+    "What is a C++ move constructor?",
+    "How do I sort a map by value in Go?",
+    "What is tail recursion?",
+    "How do I undo the last git commit?",
+    "What is a race condition?",
+    "How do I format a date in JavaScript?",
+    "What does the Rust borrow checker check?",
+];
+
 fn start(setup: &Setup) -> Server {
     let dir = std::env::temp_dir().join(format!(
         "rkserve-bench-prefix-{}-{}",
@@ -153,10 +167,16 @@ fn p50(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-async fn together(client: &reqwest::Client, url: &str, model: &str, system: &str) -> Vec<Duration> {
-    let tasks: Vec<_> = QUESTIONS
+async fn together(
+    client: &reqwest::Client,
+    url: &str,
+    model: &str,
+    system: &str,
+    questions: &[&'static str],
+) -> Vec<Duration> {
+    let tasks: Vec<_> = questions
         .iter()
-        .map(|q| {
+        .map(|&q| {
             let (client, url, model, system) = (
                 client.clone(),
                 url.to_string(),
@@ -187,7 +207,7 @@ async fn main() {
         SYSTEM.len(),
         QUESTIONS[1..6].len() + 1
     );
-    println!("| setup | 1 client cold p50 | warm p50 | warm/cold | 8 together, new prompt p50 / max | 8 together, known prompt p50 / max | known p50 / single warm |");
+    println!("| setup | 1 client cold p50 | warm p50 | warm/cold | 8 together, new prompt p50 / max | 8 together, known system prompt p50 / max | known p50 / single warm |");
     println!("|---|---|---|---|---|---|---|");
     for setup in SETUPS
         .iter()
@@ -213,8 +233,8 @@ async fn measure(setup: &Setup, rounds: usize) {
     }
     let (c, w) = (p50(cold), p50(warm));
     let system = format!("Together. {SYSTEM}");
-    let first = together(&client, url, model, &system).await;
-    let again = together(&client, url, model, &system).await;
+    let first = together(&client, url, model, &system, &QUESTIONS).await;
+    let again = together(&client, url, model, &system, &MORE_QUESTIONS).await;
     let show = |v: &[Duration]| {
         let mut v = v.to_vec();
         v.sort();

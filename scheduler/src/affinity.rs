@@ -37,25 +37,33 @@ pub fn assign(free: &[usize], cached: &[&[u8]], prompts: &[&[u8]]) -> Vec<usize>
 }
 
 /// Prompt tokens a new request is expected to prefill: those past the longest prefix the
-/// runtime can reuse, either a slot's cached text (reused at `own_reuse`, 0 to 1, what the
-/// runtime was seen to reuse of resumed contexts) or the loaded prompt-cache file's prefix
-/// (reused whole: the runtime loaded it). Counted in proportion to bytes; at least one token,
-/// whose logits start the reply.
+/// runtime can reuse, either the cached text of the free slot it would take (the best of
+/// `free`, a bit per slot, which it then takes; reused at `own_reuse`, 0 to 1, what the
+/// runtime was seen to keep of a slot's prefix) or the loaded prompt-cache file's prefix
+/// (reused whole, in any slot: the runtime loaded it). Counted in proportion to bytes; at
+/// least one token, whose logits start the reply.
 pub fn expected_prefill(
     prompt: &[u8],
     prompt_tokens: usize,
     cached: &[Vec<u8>],
+    free: &mut u64,
     file_prefix: &[u8],
     own_reuse: f64,
 ) -> usize {
+    let best = (0..cached.len().min(64))
+        .filter(|&i| *free & (1 << i) != 0)
+        .map(|i| (common_prefix(&cached[i], prompt), std::cmp::Reverse(i)))
+        .max();
+    let own = match best {
+        Some((n, std::cmp::Reverse(i))) => {
+            *free &= !(1 << i);
+            n
+        }
+        None => 0,
+    };
     if prompt.is_empty() {
         return prompt_tokens.max(1);
     }
-    let own = cached
-        .iter()
-        .map(|c| common_prefix(c, prompt))
-        .max()
-        .unwrap_or(0);
     let file = if prompt.starts_with(file_prefix) {
         file_prefix.len()
     } else {
@@ -90,24 +98,42 @@ mod tests {
     }
 
     #[test]
-    fn a_newcomer_prefills_what_no_slot_or_file_holds() {
+    fn a_newcomer_prefills_what_its_free_slot_or_the_file_does_not_hold() {
         let prompt = b"system prompt of forty bytes, and a q?";
         let cached = vec![b"system prompt of forty bytes, other".to_vec(), Vec::new()];
-        // A runtime that reuses what its slots hold: only the question is left.
-        let n = expected_prefill(prompt, 40, &cached, b"", 1.0);
-        assert!(n < 15, "{n}");
-        // One that reuses nothing of its slots prefills all of it ...
-        assert_eq!(expected_prefill(prompt, 40, &cached, b"", 0.0), 40);
-        // ... unless the prompt-cache file it loaded holds the prefix.
-        let n = expected_prefill(prompt, 40, &cached, b"system prompt of forty bytes", 0.0);
-        assert!(n < 15, "{n}");
-        // A file of another prefix is no help; nor is an empty prompt a division by zero.
-        assert_eq!(expected_prefill(prompt, 40, &[], b"other prefix", 0.0), 40);
-        assert_eq!(expected_prefill(b"", 0, &[], b"", 1.0), 1);
+        let all = || 0b11u64;
+        // A runtime that reuses what its slots hold: only the question is left, and the
+        // slot that holds the prefix is taken.
+        let mut free = all();
+        assert!(expected_prefill(prompt, 40, &cached, &mut free, b"", 1.0) < 15);
+        assert_eq!(free, 0b10);
+        // The next newcomer gets the empty slot: all of it.
         assert_eq!(
-            expected_prefill(prompt, 40, &[prompt.to_vec()], b"", 1.0),
-            1
+            expected_prefill(prompt, 40, &cached, &mut free, b"", 1.0),
+            40
         );
+        // A slot that is not free helps nobody.
+        let mut busy = 0b10u64;
+        assert_eq!(
+            expected_prefill(prompt, 40, &cached, &mut busy, b"", 1.0),
+            40
+        );
+        // One that reuses nothing of its slots prefills all of it ...
+        assert_eq!(
+            expected_prefill(prompt, 40, &cached, &mut all(), b"", 0.0),
+            40
+        );
+        // ... unless the prompt-cache file it loaded holds the prefix, in any slot.
+        let file = b"system prompt of forty bytes";
+        assert!(expected_prefill(prompt, 40, &cached, &mut 0, file, 0.0) < 15);
+        // A file of another prefix is no help; nor is an empty prompt a division by zero.
+        assert_eq!(
+            expected_prefill(prompt, 40, &[], &mut 0, b"other prefix", 0.0),
+            40
+        );
+        assert_eq!(expected_prefill(b"", 0, &[], &mut 0, b"", 1.0), 1);
+        let same = [prompt.to_vec()];
+        assert_eq!(expected_prefill(prompt, 40, &same, &mut 1, b"", 1.0), 1);
     }
 
     #[test]

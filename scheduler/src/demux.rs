@@ -148,6 +148,15 @@ impl Demux {
         self.slots.iter().flatten()
     }
 
+    /// The slots no sequence holds, a bit each (slot `i` is bit `i`).
+    pub fn free_slots(&self) -> u64 {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| s.is_none() && *i < 64)
+            .fold(0, |m, (i, _)| m | (1 << i))
+    }
+
     /// Slots the runtime still decodes for requests that ended.
     pub fn dead(&self) -> usize {
         self.slots

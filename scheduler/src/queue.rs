@@ -130,7 +130,7 @@ pub fn joinable_prompts(
     free: usize,
     starvation: Duration,
     now: Instant,
-    prefill: impl Fn(&Request) -> usize,
+    mut prefill: impl FnMut(&Request) -> usize,
     out: &mut Vec<usize>,
 ) {
     if free == 0 || !may_join(waiting, key, starvation, now) {

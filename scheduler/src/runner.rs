@@ -197,11 +197,13 @@ impl Run<'_> {
             if let Some(w) = queue.waiting.try_lock() {
                 // The learned resume cost says how much of a slot's prefix the runtime reuses.
                 let own_reuse = 1.0 - prices.resume_fraction();
+                let mut free_slots = d.free_slots();
                 let prefill = |r: &crate::request::Request| {
                     expected_prefill(
                         r.prompt.as_bytes(),
                         r.prompt_tokens,
                         slot_texts,
+                        &mut free_slots,
                         file_prefix,
                         own_reuse,
                     )
