@@ -206,6 +206,11 @@ impl Catalog {
         Ok(catalog)
     }
 
+    /// The prompt-cache directory, when prompt-cache files are on.
+    pub fn prompt_cache_dir(&self) -> Option<&std::path::Path> {
+        self.prompt_store.as_deref().map(PromptStore::dir)
+    }
+
     pub fn config(&self) -> &Config {
         &self.cfg
     }

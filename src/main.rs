@@ -70,11 +70,17 @@ fn main() -> ExitCode {
         }
     }
     let drain = std::sync::Arc::new(rkserve::drain::Drain::new(drain_timeout));
+    // Named caches are kept beside the prompt-cache files of their prefixes.
+    let caches = catalog
+        .prompt_cache_dir()
+        .map_or_else(Default::default, |d| {
+            rkserve::api::named_caches::NamedCaches::persistent(d.join("named-caches.json"))
+        });
     let state = web::Data::new(AppState {
         catalog,
         exporter,
         drain: drain.clone(),
-        caches: Default::default(),
+        caches,
     });
     if let Some(agent_port) = state.catalog.config().server.agent_port {
         let bound = std::net::TcpListener::bind((host.as_str(), agent_port))

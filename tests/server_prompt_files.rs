@@ -170,3 +170,43 @@ async fn prompt_cache_files_can_be_turned_off() {
         0.0
     );
 }
+
+/// The seed project's caches were files that outlived the server; so do named caches here:
+/// the name (kept beside the prompt-cache files) and the prefix's file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_named_cache_outlives_a_restart() {
+    let cfg = config(&[MODEL], "[scheduler]\nn_batch = 4\n");
+    let mut server = Server::start_synthetic(&[(MODEL, PROFILE)], &cfg, &[]).await;
+    let caches = server.url(&format!("/v1/cache/{MODEL}"));
+    let r = post_json(&caches, &json!({"cache_name": "coder", "prompt": SYSTEM})).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(cache_files(&server.prompt_cache_dir()).len(), 1);
+
+    server.restart().await;
+    let listed: serde_json::Value = reqwest::get(&caches).await.unwrap().json().await.unwrap();
+    assert_eq!(listed["data"][0]["cache_name"], "coder", "{listed}");
+    let body = json!({
+        "model": MODEL,
+        "use_cache": "coder",
+        "messages": [{"role": "user", "content": "What is a closure?"}],
+        "max_tokens": 3,
+    });
+    let r = post_json(&server.url("/v1/chat/completions"), &body).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let u = &r.json["usage"];
+    let (prompt, cached) = (
+        u["prompt_tokens"].as_u64().unwrap(),
+        u["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap(),
+    );
+    assert!(
+        prompt - cached <= 24,
+        "the first request after a restart naming the cache prefilled {} of {prompt}",
+        prompt - cached
+    );
+    assert_eq!(
+        server.counter("rkserve_prompt_cache_saves_total").await,
+        0.0
+    );
+}

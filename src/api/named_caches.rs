@@ -10,30 +10,82 @@ use actix_web::http::StatusCode;
 use chat_template::ChatMessage;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::time::SystemTime;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NamedCache {
     pub prompt: String,
     pub prompt_tokens: usize,
     pub created: SystemTime,
 }
 
+type ByModel = HashMap<String, BTreeMap<String, NamedCache>>;
+
 /// Caches by model, then by name. A few per model, touched once per request: one lock.
 #[derive(Default)]
 pub struct NamedCaches {
-    by_model: Mutex<HashMap<String, BTreeMap<String, NamedCache>>>,
+    by_model: Mutex<ByModel>,
+    /// Where the names are kept across restarts (beside the prompt-cache files that hold
+    /// their prefixes); `None`: in memory only.
+    file: Option<PathBuf>,
 }
 
 impl NamedCaches {
+    /// Caches kept in `file`, read from it now. A file that cannot be read is reported and
+    /// left alone until the next change replaces it: the caches are a convenience, not
+    /// something to refuse to start over.
+    pub fn persistent(file: PathBuf) -> NamedCaches {
+        let by_model = match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(
+                    "named prompt caches: cannot read {}: {e}; starting with none",
+                    file.display()
+                );
+                ByModel::new()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ByModel::new(),
+            Err(e) => {
+                tracing::warn!(
+                    "named prompt caches: cannot read {}: {e}; starting with none",
+                    file.display()
+                );
+                ByModel::new()
+            }
+        };
+        NamedCaches {
+            by_model: Mutex::new(by_model),
+            file: Some(file),
+        }
+    }
+
+    /// Writes the caches to their file (a temporary file renamed over it, so a crash leaves
+    /// the old or the new list, never half of one).
+    fn save(&self, all: &ByModel) {
+        let Some(file) = &self.file else { return };
+        let tmp = file.with_extension("json.tmp");
+        let written = serde_json::to_vec_pretty(all)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, file));
+        if let Err(e) = written {
+            tracing::warn!(
+                "named prompt caches: cannot write {}: {e}; they will not outlive a restart",
+                file.display()
+            );
+        }
+    }
+
     /// Stores `cache` under `name`, replacing one of that name. Returns whether it replaced.
     pub fn put(&self, model: &str, name: &str, cache: NamedCache) -> bool {
-        self.by_model
-            .lock()
+        let mut all = self.by_model.lock();
+        let replaced = all
             .entry(model.to_string())
             .or_default()
             .insert(name.to_string(), cache)
-            .is_some()
+            .is_some();
+        self.save(&all);
+        replaced
     }
 
     pub fn get(&self, model: &str, name: &str) -> Option<NamedCache> {
@@ -48,10 +100,12 @@ impl NamedCaches {
     }
 
     pub fn remove(&self, model: &str, name: &str) -> bool {
-        self.by_model
-            .lock()
-            .get_mut(model)
-            .is_some_and(|m| m.remove(name).is_some())
+        let mut all = self.by_model.lock();
+        let removed = all.get_mut(model).is_some_and(|m| m.remove(name).is_some());
+        if removed {
+            self.save(&all);
+        }
+        removed
     }
 
     /// `g` with the cache it names put in front of its prompt: as the conversation's system
@@ -115,6 +169,25 @@ pub fn not_found(model: &str, name: &str) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn persistent_caches_outlive_their_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("named-caches.json");
+        let caches = NamedCaches::persistent(file.clone());
+        caches.put("m", "coder", cache("You write Rust."));
+        caches.put("m", "gone", cache("x"));
+        assert!(caches.remove("m", "gone"));
+        let again = NamedCaches::persistent(file.clone());
+        assert_eq!(again.get("m", "coder").unwrap().prompt, "You write Rust.");
+        assert!(again.get("m", "gone").is_none());
+        // A damaged file starts empty and is replaced by the next change.
+        std::fs::write(&file, b"{not json").unwrap();
+        let damaged = NamedCaches::persistent(file.clone());
+        assert!(damaged.list("m").is_empty());
+        damaged.put("m", "k", cache("y"));
+        assert!(NamedCaches::persistent(file).get("m", "k").is_some());
+    }
 
     fn cache(prompt: &str) -> NamedCache {
         NamedCache {
