@@ -28,13 +28,7 @@ fn body(question: &str, stream: bool) -> Value {
 async fn ask(server: &Server, question: &str) -> (u64, u64) {
     let r = post_json(&server.url("/v1/chat/completions"), &body(question, false)).await;
     assert_eq!(r.status, 200, "{r:?}");
-    let u = &r.json["usage"];
-    (
-        u["prompt_tokens"].as_u64().expect("prompt_tokens"),
-        u["prompt_tokens_details"]["cached_tokens"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no cached_tokens in {u}")),
-    )
+    common::cached_usage(&r.json["usage"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -70,10 +64,7 @@ async fn a_shared_system_prompt_is_prefilled_once() {
         .find(|e| e["usage"].is_object())
         .map(|e| e["usage"].clone())
         .expect("a usage chunk");
-    let streamed_prompt = usage["prompt_tokens"].as_u64().unwrap();
-    let streamed_cached = usage["prompt_tokens_details"]["cached_tokens"]
-        .as_u64()
-        .expect("cached_tokens");
+    let (streamed_prompt, streamed_cached) = common::cached_usage(&usage);
     assert!(
         streamed_prompt - streamed_cached <= 24,
         "a warm streamed request prefilled {} of its {streamed_prompt} tokens",
@@ -174,12 +165,7 @@ async fn a_named_cache_is_created_used_listed_and_deleted() {
     .await;
     assert_eq!(r.status, 200, "{r:?}");
     let u = &r.json["usage"];
-    let (prompt, cached) = (
-        u["prompt_tokens"].as_u64().unwrap(),
-        u["prompt_tokens_details"]["cached_tokens"]
-            .as_u64()
-            .unwrap(),
-    );
+    let (prompt, cached) = common::cached_usage(u);
     assert!(
         prompt > cache_tokens - 10,
         "the cached prompt is in it: {u}"

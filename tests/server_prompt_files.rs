@@ -34,13 +34,7 @@ async fn ask(server: &Server, question: &str) -> (u64, u64) {
     });
     let r = post_json(&server.url("/v1/chat/completions"), &body).await;
     assert_eq!(r.status, 200, "{r:?}");
-    let u = &r.json["usage"];
-    (
-        u["prompt_tokens"].as_u64().expect("prompt_tokens"),
-        u["prompt_tokens_details"]["cached_tokens"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no cached_tokens in {u}")),
-    )
+    common::cached_usage(&r.json["usage"])
 }
 
 fn cache_files(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -194,12 +188,7 @@ async fn a_named_cache_outlives_a_restart() {
     let r = post_json(&server.url("/v1/chat/completions"), &body).await;
     assert_eq!(r.status, 200, "{r:?}");
     let u = &r.json["usage"];
-    let (prompt, cached) = (
-        u["prompt_tokens"].as_u64().unwrap(),
-        u["prompt_tokens_details"]["cached_tokens"]
-            .as_u64()
-            .unwrap(),
-    );
+    let (prompt, cached) = common::cached_usage(u);
     assert!(
         prompt - cached <= 24,
         "the first request after a restart naming the cache prefilled {} of {prompt}",

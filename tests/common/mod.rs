@@ -320,6 +320,18 @@ impl std::fmt::Debug for Reply {
     }
 }
 
+/// (prompt tokens, cached prompt tokens) of an OpenAI `usage` object.
+pub fn cached_usage(usage: &Value) -> (u64, u64) {
+    (
+        usage["prompt_tokens"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no prompt_tokens in {usage}")),
+        usage["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no cached_tokens in {usage}")),
+    )
+}
+
 pub async fn post_json(url: &str, body: &Value) -> Reply {
     let r = reqwest::Client::new()
         .post(url)
