@@ -7,14 +7,14 @@
 //! the prefix. On the CPU runtime, whose slots reuse their own prefix anyway, the file serves
 //! slots that have not held the prefix yet, so requests arriving together share one prefill.
 
-use crate::config::{ModelConfig, PromptCacheConfig};
+use crate::config::{CutVia, ModelConfig, PromptCacheConfig};
 use crate::hot_prefixes::HotPrefixes;
 use crate::instance::{Instance, InstanceState};
 use crate::prompt_store::file_key;
 use crate::sequence::Sequence;
 use crate::telemetry::{PROMPT_CACHE_ERRORS, PROMPT_CACHE_LOADS, PROMPT_CACHE_SAVES};
 use parking_lot::Mutex;
-use rkllm::{Engine, Flow, Input, PromptCache, RunOutcome, RunParams, Sampling};
+use rkllm::{AbiFamily, Engine, Flow, Input, PromptCache, RunOutcome, RunParams, Sampling};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -68,6 +68,9 @@ pub(crate) struct Before<'a> {
     /// The slots of requests new to this run.
     pub fresh: &'a [usize],
     pub sampling: Sampling,
+    /// How the save run is ended after its one token: see [`save`].
+    pub abi: AbiFamily,
+    pub cut_via: CutVia,
 }
 
 /// Makes the handle hold the file of the hot prefix most of the run's new requests share,
@@ -148,6 +151,8 @@ pub(crate) fn prepare(
 
 /// Prefills the prefix alone in `slot` (the slot its request goes to, so that a runtime with
 /// per-slot reuse wastes nothing) with `save_prompt_cache` on, and stops after one token.
+/// *A board must confirm* that the file is complete when the run is ended so (ABI 1.3: by
+/// `max_new_tokens`; 1.2: by pause or abort, as `reform_via` says).
 fn save(
     b: &Before<'_>,
     engine: &mut dyn Engine,
@@ -162,7 +167,6 @@ fn save(
     inputs[slot] = input;
     let params = RunParams {
         sampling: Some(b.sampling),
-        // ABI 1.2 has no per-run limit: the callback's pause ends the run there.
         max_new_tokens: Some(1),
         prompt_cache: Some(PromptCache {
             path: tmp.clone(),
@@ -175,9 +179,29 @@ fn save(
     b.inst.touch();
     *b.inst.state.lock() = InstanceState::Running { slots: 1 };
     let inst = b.inst;
+    // ABI 1.3 ends the run at `max_new_tokens`. 1.2 has no per-run limit: the run is cut the
+    // way runs are cut here, never by a pause where pause was ruled out (a field report has
+    // Rockchip's library crash when a callback returned 1).
+    let stopper = engine.stopper();
+    let (abi, via) = (b.abi, b.cut_via);
+    let mut asked = false;
     let outcome = engine.run(&inputs, &params, &mut |_| {
         inst.touch();
-        Flow::Pause
+        match (abi, via) {
+            (AbiFamily::V1_3, _) => Flow::Continue,
+            (_, CutVia::Pause) => Flow::Pause,
+            (_, CutVia::Abort) => {
+                // From another thread, as the cutter does: an abort may wait for the run,
+                // which waits for this callback.
+                if !std::mem::replace(&mut asked, true) {
+                    let s = stopper.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("rkserve-save-abort".into())
+                        .spawn(move || s.abort());
+                }
+                Flow::Continue
+            }
+        }
     });
     *b.inst.state.lock() = InstanceState::Idle;
     let failed = match outcome {

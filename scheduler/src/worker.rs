@@ -255,6 +255,8 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
                 slots: &slots,
                 fresh: &placed,
                 sampling,
+                abi: cfg.abi,
+                cut_via: cfg.cut_via,
             };
             prompt_cache::prepare(&before, &mut *engine, &mut loaded_prefix);
         }

@@ -259,8 +259,14 @@ pub fn check_mid_character_cuts(family: AbiFamily) {
         let got = String::from_utf8([cut.text[0].clone(), rest.text[0].clone()].concat())
             .expect("valid UTF-8");
         let want = String::from_utf8(reference.text[0].clone()).unwrap();
+        // Either reply may stop at its token limit inside a character and end with U+FFFD
+        // there (seen on an AMD EPYC host, whose numerics give this prompt another reply):
+        // what matters is that none appears where the reply was cut, and that the resumed
+        // one, which goes on past the reference's end, starts with it.
+        let want = want.trim_end_matches('\u{FFFD}');
+        let body = got.trim_end_matches('\u{FFFD}');
         assert!(
-            got.starts_with(&want) && !got.contains('\u{FFFD}'),
+            body.starts_with(want) && !body.contains('\u{FFFD}'),
             "{how:?} at step {k}:\n got {got:?}\nwant {want:?}"
         );
     }
