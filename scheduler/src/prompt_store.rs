@@ -64,10 +64,17 @@ pub fn prefix_key(text: Option<&[u8]>, ids: Option<&[i32]>) -> String {
 }
 
 impl PromptStore {
-    /// Opens (creating) `dir`, and evicts down to `max_bytes` at once: the limit may have
-    /// been lowered since the files were written.
+    /// Opens `dir`, and evicts down to `max_bytes` at once: the limit may have been lowered
+    /// since the files were written. The directory is made only when a first file is saved,
+    /// so a models directory the user chose stays as they left it until a prefix is hot.
+    /// A `dir` that is a file is refused now rather than at the first save.
     pub fn open(dir: PathBuf, max_bytes: u64) -> io::Result<PromptStore> {
-        fs::create_dir_all(&dir)?;
+        if dir.exists() && !dir.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "it exists and is not a directory",
+            ));
+        }
         let store = PromptStore {
             dir,
             max_bytes,
@@ -123,6 +130,9 @@ impl PromptStore {
     /// Where the runtime writes a new file before it is committed: a name eviction and
     /// lookups ignore, so a half-written file is never loaded.
     pub fn temporary(&self, files: &str, prefix: &str) -> PathBuf {
+        // Made here, at the first save; if it cannot be, the runtime writes nothing and the
+        // commit says so.
+        let _ = fs::create_dir_all(&self.dir);
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         self.dir
             .join(format!(".{files}-{prefix}.{}.{n}.tmp", std::process::id()))
