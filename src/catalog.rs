@@ -111,8 +111,8 @@ fn fetch_default_model(dir: &Path) -> Result<(), String> {
     }
 }
 
-/// Opens the prompt-cache directory when caching is on. A directory that cannot be made is an
-/// error at start-up: the user asked for files there.
+/// Opens the prompt-cache directory when caching is on (it is made at the first save). A path
+/// that is not a directory is an error at start-up: the user asked for files there.
 fn open_prompt_store(cfg: &Config) -> Result<Option<Arc<PromptStore>>, String> {
     let pc = &cfg.prompt_cache;
     if !pc.enabled {

@@ -4,9 +4,18 @@
 //! prompt shared by many requests once per slot, not once per request. Continuing requests
 //! never move: they keep their slot, whose cache holds their whole context.
 
-/// Bytes two texts share at their start.
-pub fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+/// Items (bytes of text, token ids) two sequences share at their start.
+pub fn common_prefix<T: PartialEq>(a: &[T], b: &[T]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Of a prompt of `prompt_tokens` tokens and `prompt_bytes` bytes, the tokens its first
+/// `bytes` hold, estimated in proportion (the scheduler sees text, the runtime counts tokens).
+pub fn tokens_in(prompt_tokens: usize, prompt_bytes: usize, bytes: f64) -> f64 {
+    if prompt_bytes == 0 {
+        return 0.0;
+    }
+    prompt_tokens as f64 * bytes / prompt_bytes as f64
 }
 
 /// Assigns each prompt, in order (oldest first), the free slot whose `cached` text shares the
@@ -70,7 +79,7 @@ pub fn expected_prefill(
         0
     };
     let shared = (own as f64 * own_reuse.clamp(0.0, 1.0)).max(file as f64);
-    let left = prompt_tokens as f64 * (1.0 - shared / prompt.len() as f64);
+    let left = prompt_tokens as f64 - tokens_in(prompt_tokens, prompt.len(), shared);
     (left.ceil() as usize).clamp(1, prompt_tokens.max(1))
 }
 

@@ -34,8 +34,7 @@ pub(crate) struct PromptFiles {
 impl PromptFiles {
     pub fn new(cfg: &ModelConfig) -> Option<PromptFiles> {
         let pc = cfg.prompt_cache.clone()?;
-        let key = |p: &std::path::Path| file_key(p);
-        match (key(&cfg.model_path), key(&cfg.runtime_lib)) {
+        match (file_key(&cfg.model_path), file_key(&cfg.runtime_lib)) {
             (Ok(m), Ok(l)) => {
                 let files = format!("{m}-{l}");
                 pc.store.register(&files, &cfg.name);

@@ -98,17 +98,15 @@ impl PromptStore {
             m.push((files.to_string(), model.to_string()));
         }
         metrics::counter!(PROMPT_CACHE_EVICTIONS, "model" => model.to_string()).increment(0);
-        self.evict(None);
+        self.publish(&self.files());
     }
 
     /// The model whose files `path` is one of ("" if none is loaded).
     fn owner(&self, path: &Path) -> String {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-        let name = name.unwrap_or_default();
         self.models
             .lock()
             .iter()
-            .find(|(f, _)| name.starts_with(&format!("{f}-")))
+            .find(|(f, _)| keyed_by(path, f))
             .map(|(_, m)| m.clone())
             .unwrap_or_default()
     }
@@ -190,42 +188,46 @@ impl PromptStore {
         let mut files = self.files();
         files.sort_by_key(|f| f.2);
         let mut total: u64 = files.iter().map(|f| f.1).sum();
-        for (path, len, _) in &files {
-            if total <= self.max_bytes {
-                break;
+        // Oldest first; what is left over is what stays on disk.
+        files.retain(|(path, len, _)| {
+            if total <= self.max_bytes || Some(path.as_path()) == keep {
+                return true;
             }
-            if Some(path.as_path()) == keep {
-                continue;
+            if fs::remove_file(path).is_err() {
+                return true;
             }
-            if fs::remove_file(path).is_ok() {
-                total -= len;
-                metrics::counter!(PROMPT_CACHE_EVICTIONS, "model" => self.owner(path)).increment(1);
-                tracing::info!(
-                    "prompt cache: evicted {} ({len} bytes) to stay under {} bytes",
-                    path.display(),
-                    self.max_bytes
-                );
-            }
-        }
-        self.publish();
+            total -= len;
+            metrics::counter!(PROMPT_CACHE_EVICTIONS, "model" => self.owner(path)).increment(1);
+            tracing::info!(
+                "prompt cache: evicted {} ({len} bytes) to stay under {} bytes",
+                path.display(),
+                self.max_bytes
+            );
+            false
+        });
+        self.publish(&files);
     }
 
-    /// Sets each registered model's bytes on disk.
-    fn publish(&self) {
-        let files = self.files();
+    /// Sets each registered model's bytes on disk, from `files` (what the directory holds).
+    fn publish(&self, files: &[(PathBuf, u64, SystemTime)]) {
         for (key, model) in self.models.lock().iter() {
-            let prefix = format!("{key}-");
             let bytes: u64 = files
                 .iter()
-                .filter(|(p, _, _)| {
-                    p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
-                })
+                .filter(|(p, _, _)| keyed_by(p, key))
                 .map(|f| f.1)
                 .sum();
             metrics::gauge!(PROMPT_CACHE_BYTES, "model" => model.clone()).set(bytes as f64);
         }
     }
+}
+
+/// Whether `path` is one of the files of the model-and-library key `files`.
+fn keyed_by(path: &Path, files: &str) -> bool {
+    path.file_name().is_some_and(|n| {
+        n.to_string_lossy()
+            .strip_prefix(files)
+            .is_some_and(|rest| rest.starts_with('-'))
+    })
 }
 
 #[cfg(test)]

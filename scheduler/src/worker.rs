@@ -339,7 +339,8 @@ fn place(
     for (p, &slot) in fresh.into_iter().zip(&at) {
         let prompt = p.req.prompt.as_bytes();
         let shared = affinity::common_prefix(&cached[slot], prompt);
-        let held = (p.req.prompt_tokens * shared / prompt.len().max(1)).saturating_sub(1);
+        let held = (affinity::tokens_in(p.req.prompt_tokens, prompt.len(), shared as f64) as usize)
+            .saturating_sub(1);
         cached[slot] = prompt.to_vec();
         let mut seq = Sequence::start(p, now, keep_output, true);
         seq.held_tokens = held;

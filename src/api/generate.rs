@@ -88,7 +88,7 @@ fn shared_prefix(
     let (ids_len, tokens) = match ids {
         Some(all) => {
             let head = served.tokenizer.ids(text)?;
-            let n = head.iter().zip(all).take_while(|(a, b)| a == b).count();
+            let n = scheduler::affinity::common_prefix(&head, all);
             (n, n)
         }
         None => (0, served.tokenizer.count(text)),

@@ -36,23 +36,19 @@ impl NamedCaches {
     /// left alone until the next change replaces it: the caches are a convenience, not
     /// something to refuse to start over.
     pub fn persistent(file: PathBuf) -> NamedCaches {
-        let by_model = match std::fs::read(&file) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::warn!(
-                    "named prompt caches: cannot read {}: {e}; starting with none",
-                    file.display()
-                );
-                ByModel::new()
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ByModel::new(),
-            Err(e) => {
-                tracing::warn!(
-                    "named prompt caches: cannot read {}: {e}; starting with none",
-                    file.display()
-                );
-                ByModel::new()
-            }
+        let read = match std::fs::read(&file) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ByModel::new()),
+            read => read
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())),
         };
+        let by_model = read.unwrap_or_else(|e| {
+            tracing::warn!(
+                "named prompt caches: cannot read {}: {e}; starting with none",
+                file.display()
+            );
+            ByModel::new()
+        });
         NamedCaches {
             by_model: Mutex::new(by_model),
             file: Some(file),

@@ -87,11 +87,7 @@ fn system_prefix(
     let head = template
         .render_opts(std::slice::from_ref(&first), &alone)
         .ok()?;
-    let mut n = head
-        .bytes()
-        .zip(full.bytes())
-        .take_while(|(a, b)| a == b)
-        .count();
+    let mut n = scheduler::affinity::common_prefix(head.as_bytes(), full.as_bytes());
     while !full.is_char_boundary(n) {
         n -= 1;
     }
