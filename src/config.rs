@@ -4,6 +4,7 @@
 use clap::Parser;
 use rkllm::AbiFamily;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -173,6 +174,8 @@ pub struct PromptCache {
     pub max_mb: u64,
     pub hot_after: u32,
     pub min_tokens: usize,
+    /// Named caches made at start-up, by model then name: prefixes hot from the first request.
+    pub named: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl Default for PromptCache {
@@ -183,6 +186,7 @@ impl Default for PromptCache {
             max_mb: 2048,
             hot_after: 2,
             min_tokens: 32,
+            named: BTreeMap::new(),
         }
     }
 }
@@ -378,6 +382,16 @@ impl Config {
                  (remove it, or leave api_keys = [] to turn authentication off)"
             )));
         }
+        for (model, caches) in &cfg.prompt_cache.named {
+            for (name, prompt) in caches {
+                if !valid_cache_name(name) || prompt.is_empty() {
+                    return Err(ConfigError::Invalid(format!(
+                        "prompt_cache.named.\"{model}\".{name}: a cache name is 1 to 64 letters, \
+                         digits, '-', '_' or '.', and its prompt must not be empty"
+                    )));
+                }
+            }
+        }
         if !(1..=8).contains(&cfg.scheduler.n_batch) {
             return Err(ConfigError::Invalid(format!(
                 "scheduler.n_batch must be 1 to 8, got {}",
@@ -386,6 +400,14 @@ impl Config {
         }
         Ok(cfg)
     }
+}
+
+/// A named prompt cache's name goes into URLs and logs: a plain token.
+pub fn valid_cache_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// Which of the settings a probe may choose the file sets (a typed parse has filled in

@@ -1,6 +1,6 @@
 //! rkserve: the OpenAI- and Ollama-compatible HTTP server in front of the scheduler.
 //!
-//! Data flow: [`api`] (HTTP, one module per API) → [`catalog`] (which model, its template
+//! Data flow: [`http_server`] (connections) → [`api`] (HTTP, one module per API) → [`catalog`] (which model, its template
 //! and tokenizer; [`registry`] finds the files; [`models`] owns when models load and
 //! unload) → the `scheduler` crate (queue, batches,
 //! runtime threads) → per-request streams back out as SSE or NDJSON. The scheduler measures;
@@ -16,6 +16,7 @@ pub mod config;
 pub mod drain;
 pub mod duration;
 pub mod exporter;
+pub mod http_server;
 pub mod models;
 pub mod probe;
 pub mod registry;

@@ -1,9 +1,9 @@
 //! `rkserve`: with no configuration it serves the default model on the CPU runtime built
 //! next to it; see config/rkserve.toml for everything else.
 
-use actix_web::{web, App, HttpServer};
+use actix_web::web;
 use clap::Parser;
-use rkserve::api::{self, AppState};
+use rkserve::api::AppState;
 use rkserve::catalog::Catalog;
 use rkserve::config::{Cli, Config};
 use std::process::ExitCode;
@@ -116,24 +116,9 @@ fn main() -> ExitCode {
             }
         });
         let origins = state.catalog.config().server.cors_origins.clone();
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                // Inside auth: a request without a valid key is not work to wait for.
-                .wrap(actix_web::middleware::from_fn(api::admit))
-                .wrap(actix_web::middleware::from_fn(api::auth))
-                // Outside auth: a browser's preflight carries no credentials.
-                .wrap(api::cors(&origins))
-                // Outermost: every line a request causes, refusals included, carries its id.
-                .wrap(actix_web::middleware::from_fn(api::trace))
-                .configure(api::routes)
-        })
-        .on_connect(api::disconnect::on_connect)
-        // Signals drain (rkserve::shutdown); once drained, connections left are idle.
-        .disable_signals()
-        .shutdown_timeout(5)
-        .bind((host.as_str(), port))?
-        .run();
+        let configured = state.clone();
+        let server = rkserve::http_server::bind(&host, port, state, origins)?;
+        actix_web::rt::spawn(rkserve::api::create_configured_caches(configured));
         tracing::info!("listening on http://{host}:{port} (OpenAI: /v1, Ollama: /api)");
         let handle = server.handle();
         actix_web::rt::spawn(async move {

@@ -543,3 +543,102 @@ async fn api_keys_guard_everything_but_health() {
         assert_eq!(get(path, None).await.status, 200, "{path} is open");
     }
 }
+
+/// Sends `bytes` on one connection and reads every response until the server closes it.
+async fn raw_exchange(port: u16, bytes: &[u8]) -> Vec<Reply> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    conn.write_all(bytes).await.unwrap();
+    let mut got = Vec::new();
+    // Closed by the server, or this test fails by timeout: a refusal must end the connection.
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 65536];
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the connection stayed open: {got:?}");
+    let mut replies = Vec::new();
+    let mut rest = &got[..];
+    while let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
+        let head = std::str::from_utf8(&rest[..end]).unwrap();
+        let mut lines = head.split("\r\n");
+        let status: u16 = lines.next().unwrap()[9..12].parse().unwrap();
+        let mut headers = reqwest::header::HeaderMap::new();
+        for l in lines {
+            let (k, v) = l.split_once(": ").unwrap();
+            headers.insert(
+                reqwest::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let len: usize = headers
+            .get("content-length")
+            .map_or(0, |v| v.to_str().unwrap().parse().unwrap());
+        let body = &rest[end + 4..end + 4 + len];
+        let text = String::from_utf8_lossy(body).into_owned();
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        replies.push(Reply {
+            status,
+            headers,
+            text,
+            json,
+        });
+        rest = &rest[end + 4 + len..];
+    }
+    assert!(rest.is_empty(), "bytes after the last response: {rest:?}");
+    replies
+}
+
+#[tokio::test]
+async fn requests_that_are_not_http_get_the_error_shape_of_their_api() {
+    let s = tiny_server("").await;
+    let replies = raw_exchange(s.port, b"GARBAGE\r\n\r\n").await;
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    let e = openai_error(&replies[0], 400);
+    assert!(
+        e["message"].as_str().unwrap().contains("not valid HTTP"),
+        "{e:?}"
+    );
+    assert_eq!(replies[0].header("connection"), Some("close"));
+
+    // Both lengths: a request-smuggling attempt, on an Ollama path.
+    let smuggle = b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\
+        Transfer-Encoding: chunked\r\n\r\n";
+    let replies = raw_exchange(s.port, smuggle).await;
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    ollama_error(&replies[0], 400);
+
+    // A header section over actix-http's limit (96 headers) is 431. Small, so that all of it
+    // is read before the server closes: unread bytes would make the close a reset.
+    let mut huge = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..120 {
+        huge.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+    }
+    huge.extend_from_slice(b"\r\n");
+    let replies = raw_exchange(s.port, &huge).await;
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    openai_error(&replies[0], 431);
+
+    // A good request and then garbage on the same connection: the good one is answered as
+    // usual, the garbage in the shape of the API spoken last.
+    let replies = raw_exchange(
+        s.port,
+        b"GET /api/tags HTTP/1.1\r\nHost: x\r\n\r\nGARBAGE\r\n\r\n",
+    )
+    .await;
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    assert_eq!(replies[0].status, 200, "{replies:?}");
+    assert!(replies[0].json["models"].is_array(), "{replies:?}");
+    ollama_error(&replies[1], 400);
+
+    // And the server serves on.
+    let r = post_json(&s.url("/v1/chat/completions"), &chat("tiny", "hi")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+}

@@ -199,3 +199,60 @@ async fn a_named_cache_outlives_a_restart() {
         0.0
     );
 }
+
+/// The named caches of the model, once `name` is among them (made at start-up, unasked).
+async fn listed_with(server: &Server, name: &str) -> serde_json::Value {
+    let url = server.url(&format!("/v1/cache/{MODEL}"));
+    for _ in 0..200 {
+        let listed: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+        if listed["data"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|c| c["cache_name"] == name))
+        {
+            return listed;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("cache {name} never made\n{}", server.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_configured_cache_is_hot_from_the_first_request_and_loaded_after_a_restart() {
+    let named = format!(
+        "[prompt_cache.named.{MODEL}]\ncoder = {}\n",
+        toml::Value::String(SYSTEM.into())
+    );
+    let cfg = config(&[MODEL], &format!("[scheduler]\nn_batch = 4\n\n{named}"));
+    let mut server = Server::start_synthetic(&[(MODEL, PROFILE)], &cfg, &[]).await;
+    let dir = server.prompt_cache_dir();
+    // Made at start-up: its file saved before any request.
+    let listed = listed_with(&server, "coder").await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(
+        server.counter("rkserve_prompt_cache_saves_total").await,
+        1.0
+    );
+    assert_eq!(cache_files(&dir).len(), 1);
+
+    // The first request with that system prompt, naming no cache, starts from it.
+    let (prompt, cached) = ask(&server, "How do I reverse a list in Python?").await;
+    assert!(
+        prompt - cached <= 24,
+        "the first request prefilled {} of {prompt} tokens",
+        prompt - cached
+    );
+
+    // A restart makes it again from the file: loaded, not saved.
+    server.restart().await;
+    listed_with(&server, "coder").await;
+    assert_eq!(
+        server.counter("rkserve_prompt_cache_loads_total").await,
+        1.0
+    );
+    assert_eq!(
+        server.counter("rkserve_prompt_cache_saves_total").await,
+        0.0
+    );
+    let (prompt, cached) = ask(&server, "What is a closure?").await;
+    assert!(prompt - cached <= 24, "{cached} of {prompt} cached");
+}

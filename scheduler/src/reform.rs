@@ -83,10 +83,24 @@ pub fn decide(run: &RunView<'_>, queue: &QueueView<'_>, cost: &CostModel) -> Ver
         + n_cont as f64 * steps * (cost.step_ms(active_now) - cost.step_ms(n_cont)).max(0.0);
     let context: usize = run.continuing.iter().map(|c| c.context_tokens).sum();
     let newcomers: usize = queue.prompt_tokens.iter().take(joining).sum();
-    let prefill_tokens = cost.resume_fraction() * context as f64 + newcomers as f64;
-    let stall_ms = cost.cut_ms() + prefill_tokens * cost.prefill_ms_per_token();
-    let cost_ms = n_cont as f64 * stall_ms;
-    if gain_ms > cost_ms {
+    let per_token = cost.prefill_ms_per_token();
+    // What every cut costs the continuing requests, however many join: the cut, and their
+    // contexts prefilled again where the runtime does not keep them.
+    let fixed_ms =
+        n_cont as f64 * (cost.cut_ms() + cost.resume_fraction() * context as f64 * per_token);
+    let cost_ms = fixed_ms + n_cont as f64 * newcomers as f64 * per_token;
+    // Cutting now and again when the next member ends pays the fixed cost twice; waiting for
+    // that end and cutting once leaves the free slots empty until then. Cut now only if their
+    // idle slot-steps until then would cost more than one more cut. Where resuming is cheap
+    // this always holds; where the runtime re-prefills every context (a board with
+    // `keep_history = 0`, assumed) it gathers several freed slots into one cut.
+    let next_end = run
+        .continuing
+        .iter()
+        .map(|c| cost.expected_remaining(c.generated, c.budget))
+        .fold(steps, f64::min);
+    let idle_ms = joining as f64 * next_end * step_after;
+    if gain_ms > cost_ms && (joining == 0 || idle_ms >= fixed_ms) {
         Verdict {
             reform: true,
             gain_ms,
@@ -240,6 +254,54 @@ mod tests {
             prompt_tokens: &[40, 40, 40, 40],
         };
         assert!(decide(&half, &four, &cost).reform);
+    }
+
+    #[test]
+    fn cold_prefill_gathers_freed_slots_into_one_cut() {
+        let mut cost = cold();
+        for _ in 0..50 {
+            cost.observe_reply(400);
+        }
+        // Six members with long to go and one about to end, two slots free: the gain covers
+        // the cut, but the next end is 5 steps away, and two slots idle for 5 steps cost less
+        // than cutting twice.
+        let mut c = cont(5, 100, 20, 600);
+        c.push(Continuing {
+            context_tokens: 100,
+            generated: 20,
+            budget: 5,
+        });
+        let run = RunView {
+            n_batch: 8,
+            continuing: &c,
+            dead: 2,
+        };
+        let two = QueueView {
+            prompt_tokens: &[40, 40, 40],
+        };
+        let v = decide(&run, &two, &cost);
+        assert!(!v.reform && v.gain_ms > v.cost_ms, "{v:?}");
+        // Once that member has ended, its slot joins the others in the one cut.
+        let c = cont(5, 100, 25, 595);
+        let run = RunView {
+            n_batch: 8,
+            continuing: &c,
+            dead: 3,
+        };
+        assert!(decide(&run, &two, &cost).reform);
+        // Where resuming is cheap, the free slots are filled at once.
+        let mut c = cont(5, 100, 20, 600);
+        c.push(Continuing {
+            context_tokens: 100,
+            generated: 20,
+            budget: 5,
+        });
+        let run = RunView {
+            n_batch: 8,
+            continuing: &c,
+            dead: 2,
+        };
+        assert!(decide(&run, &two, &reusing()).reform);
     }
 
     #[test]

@@ -6,7 +6,6 @@
 
 use actix_web::dev::Extensions;
 use actix_web::HttpRequest;
-use std::any::Any;
 use std::mem::MaybeUninit;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,14 +16,12 @@ const POLL: Duration = Duration::from_millis(200);
 #[derive(Clone)]
 struct Peer(Arc<socket2::Socket>);
 
-/// `HttpServer::on_connect` hook: keeps a duplicate of each TCP connection's socket.
-pub fn on_connect(conn: &dyn Any, ext: &mut Extensions) {
-    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-        // The duplicate shares the connection's non-blocking file description, so peeking
-        // never blocks; it is closed with the connection's extensions.
-        if let Ok(dup) = socket2::SockRef::from(tcp).try_clone() {
-            ext.insert(Peer(Arc::new(dup)));
-        }
+/// Connection hook: keeps a duplicate of each TCP connection's socket.
+pub fn on_connect(tcp: &actix_web::rt::net::TcpStream, ext: &mut Extensions) {
+    // The duplicate shares the connection's non-blocking file description, so peeking never
+    // blocks; it is closed with the connection's extensions.
+    if let Ok(dup) = socket2::SockRef::from(tcp).try_clone() {
+        ext.insert(Peer(Arc::new(dup)));
     }
 }
 

@@ -11,6 +11,7 @@ mod embed_routes;
 pub mod error;
 mod frames;
 mod generate;
+pub mod http_refusals;
 mod manage;
 pub mod named_caches;
 mod ndjson;
@@ -26,6 +27,7 @@ mod stats;
 mod structured;
 
 pub use admission::admit;
+pub use cache_routes::create_configured as create_configured_caches;
 pub use cors::cors;
 pub use request_id::trace;
 
@@ -47,6 +49,31 @@ pub struct AppState {
     pub drain: std::sync::Arc<crate::drain::Drain>,
     /// Named prompt caches (`POST /v1/cache/{model}`, `use_cache`).
     pub caches: named_caches::NamedCaches,
+}
+
+/// The application: every route behind its middleware, for one server worker.
+pub fn app(
+    state: web::Data<AppState>,
+    origins: &[String],
+) -> actix_web::App<
+    impl actix_web::dev::ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    actix_web::App::new()
+        .app_data(state)
+        // Inside auth: a request without a valid key is not work to wait for.
+        .wrap(actix_web::middleware::from_fn(admit))
+        .wrap(actix_web::middleware::from_fn(auth))
+        // Outside auth: a browser's preflight carries no credentials.
+        .wrap(cors(origins))
+        // Outermost: every line a request causes, refusals included, carries its id.
+        .wrap(actix_web::middleware::from_fn(trace))
+        .configure(routes)
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
