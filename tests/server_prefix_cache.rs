@@ -11,17 +11,12 @@ use serde_json::{json, Value};
 const SYSTEM: &str = include_str!("data/coding-system-prompt.txt");
 
 fn body(question: &str, stream: bool) -> Value {
-    json!({
-        "model": DEFAULT_MODEL,
-        "messages": [
-            {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": question},
-        ],
-        "temperature": 0,
-        "max_tokens": 4,
-        "stream": stream,
-        "stream_options": {"include_usage": true},
-    })
+    let mut body = common::system_chat(DEFAULT_MODEL, SYSTEM, question);
+    body["temperature"] = json!(0);
+    body["max_tokens"] = json!(4);
+    body["stream"] = json!(stream);
+    body["stream_options"] = json!({"include_usage": true});
+    body
 }
 
 /// (prompt tokens, cached tokens) of a non-streamed chat completion.

@@ -24,14 +24,8 @@ prefix_reuse = false
 
 /// (prompt tokens, cached tokens) of a chat with the shared system prompt.
 async fn ask(server: &Server, question: &str) -> (u64, u64) {
-    let body = json!({
-        "model": MODEL,
-        "messages": [
-            {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": question},
-        ],
-        "max_tokens": 3,
-    });
+    let mut body = common::system_chat(MODEL, SYSTEM, question);
+    body["max_tokens"] = json!(3);
     let r = post_json(&server.url("/v1/chat/completions"), &body).await;
     assert_eq!(r.status, 200, "{r:?}");
     common::cached_usage(&r.json["usage"])

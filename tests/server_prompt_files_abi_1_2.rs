@@ -13,15 +13,9 @@ const SYSTEM: &str = include_str!("data/coding-system-prompt.txt");
 
 /// (reply, prompt tokens, cached tokens) of a greedy chat with the shared system prompt.
 async fn ask(server: &Server, question: &str) -> (String, u64, u64) {
-    let body = json!({
-        "model": DEFAULT_MODEL,
-        "messages": [
-            {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": question},
-        ],
-        "temperature": 0,
-        "max_tokens": 8,
-    });
+    let mut body = common::system_chat(DEFAULT_MODEL, SYSTEM, question);
+    body["temperature"] = json!(0);
+    body["max_tokens"] = json!(8);
     let r = post_json(&server.url("/v1/chat/completions"), &body).await;
     assert_eq!(r.status, 200, "{r:?}");
     let (prompt, cached) = common::cached_usage(&r.json["usage"]);

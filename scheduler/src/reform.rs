@@ -271,7 +271,7 @@ mod tests {
             generated: 20,
             budget: 5,
         });
-        let run = RunView {
+        let about_to_end = RunView {
             n_batch: 8,
             continuing: &c,
             dead: 2,
@@ -279,29 +279,18 @@ mod tests {
         let two = QueueView {
             prompt_tokens: &[40, 40, 40],
         };
-        let v = decide(&run, &two, &cost);
+        let v = decide(&about_to_end, &two, &cost);
         assert!(!v.reform && v.gain_ms > v.cost_ms, "{v:?}");
         // Once that member has ended, its slot joins the others in the one cut.
-        let c = cont(5, 100, 25, 595);
+        let ended = cont(5, 100, 25, 595);
         let run = RunView {
             n_batch: 8,
-            continuing: &c,
+            continuing: &ended,
             dead: 3,
         };
         assert!(decide(&run, &two, &cost).reform);
         // Where resuming is cheap, the free slots are filled at once.
-        let mut c = cont(5, 100, 20, 600);
-        c.push(Continuing {
-            context_tokens: 100,
-            generated: 20,
-            budget: 5,
-        });
-        let run = RunView {
-            n_batch: 8,
-            continuing: &c,
-            dead: 2,
-        };
-        assert!(decide(&run, &two, &reusing()).reform);
+        assert!(decide(&about_to_end, &two, &reusing()).reform);
     }
 
     #[test]

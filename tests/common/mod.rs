@@ -31,6 +31,17 @@ pub fn synthetic_models(profiles: &[(&str, &str)]) -> tempfile::TempDir {
 
 /// A configuration that preloads `preload` and never fetches the default model (tests must not
 /// reach the network), followed by `extra` TOML, which must not repeat `[models]`.
+/// A chat request body: `system`, then the user's `question` (callers add the rest).
+pub fn system_chat(model: &str, system: &str, question: &str) -> Value {
+    serde_json::json!({
+        "model": model,
+        "messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": question},
+        ],
+    })
+}
+
 pub fn config(preload: &[&str], extra: &str) -> String {
     let list: Vec<String> = preload.iter().map(|m| format!("{m:?}")).collect();
     format!(
