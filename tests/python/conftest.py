@@ -4,11 +4,14 @@ The server is the release binary at target/release/rkserve, serving the workspac
 models/ directory (the default model, SmolLM2-135M-Instruct, on the CPU runtime).
 """
 
+import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -82,8 +85,13 @@ def server_url():
     env.setdefault("RUST_LOG", "info")
     LOG.parent.mkdir(parents=True, exist_ok=True)
     log = open(LOG, "wb")
+    # Prompt-cache files in a directory of this session's, not in models/: a file left by an
+    # earlier run would change what the next one measures.
+    scratch = Path(tempfile.mkdtemp(prefix="rkserve-pytest-"))
+    config = scratch / "rkserve.toml"
+    config.write_text(f"[prompt_cache]\ndir = {json.dumps(str(scratch / 'prompt-cache'))}\n")
     proc = subprocess.Popen(
-        [str(BINARY), "--port", str(port), "--models-dir", str(MODELS)],
+        [str(BINARY), "--port", str(port), "--models-dir", str(MODELS), "--config", str(config)],
         cwd=ROOT,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -111,3 +119,4 @@ def server_url():
     finally:
         _stop(proc)
         log.close()
+        shutil.rmtree(scratch, ignore_errors=True)
