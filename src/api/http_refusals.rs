@@ -127,15 +127,14 @@ fn request_line_api(bytes: &[u8]) -> Option<Api> {
     if sp == 0 || !bytes[..sp].iter().all(u8::is_ascii_uppercase) {
         return None;
     }
-    let path = &bytes[sp + 1..];
-    if !path.starts_with(b"/") {
-        return None;
-    }
-    Some(if path.starts_with(b"/api/") {
-        Api::Ollama
-    } else {
-        Api::OpenAi
-    })
+    let rest = &bytes[sp + 1..];
+    let end = rest
+        .iter()
+        .position(|&b| b == b' ' || b == b'\r')
+        .unwrap_or(rest.len());
+    let path = std::str::from_utf8(&rest[..end]).ok()?;
+    // The same rule as the routes' own errors.
+    path.starts_with('/').then(|| super::api_of(path))
 }
 
 /// Where in `buf` an actix-http refusal head starts, and its status, if `buf` ends with one.
