@@ -358,7 +358,17 @@ impl Config {
             cfg.explicit.abi = true;
         }
         if let Some(k) = &cli.api_keys {
-            cfg.server.api_keys = k.iter().filter(|k| !k.is_empty()).cloned().collect();
+            // Set but empty is a mistake (a secret or variable that came out empty), not a
+            // way to turn authentication off: it fails closed.
+            if k.iter().any(|k| k.trim().is_empty()) {
+                return Err(ConfigError::Invalid(
+                    "--api-keys (RKSERVE_API_KEYS) holds an empty or blank key: give \
+                     comma-separated keys with none empty, or unset it to use the \
+                     configuration file's server.api_keys"
+                        .into(),
+                ));
+            }
+            cfg.server.api_keys = k.clone();
         }
         if let Some(p) = &cli.preload {
             cfg.models.preload = p.iter().filter(|k| !k.is_empty()).cloned().collect();
@@ -499,7 +509,12 @@ mod tests {
                 other => panic!("{keys} was accepted: {other:?}"),
             }
         }
-        let cli = Cli::parse_from(["rkserve", "--api-keys", "k1, "]);
-        assert!(matches!(Config::load(&cli), Err(ConfigError::Invalid(_))));
+        for flag in ["k1, ", "", "k1,,k2", ","] {
+            let cli = Cli::parse_from(["rkserve", "--api-keys", flag]);
+            match Config::load(&cli) {
+                Err(ConfigError::Invalid(m)) => assert!(m.contains("--api-keys"), "{m}"),
+                other => panic!("--api-keys {flag:?} was accepted: {other:?}"),
+            }
+        }
     }
 }

@@ -642,3 +642,78 @@ async fn requests_that_are_not_http_get_the_error_shape_of_their_api() {
     let r = post_json(&s.url("/v1/chat/completions"), &chat("tiny", "hi")).await;
     assert_eq!(r.status, 200, "{r:?}");
 }
+
+/// A body that is declared and never sent: `server.body_timeout` after the headers, the
+/// request gets 408 in its API's error shape, instead of holding the connection for ever.
+#[tokio::test]
+async fn a_body_that_never_arrives_is_408_in_the_apis_shape() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = tiny_server("[server]\nbody_timeout = \"1s\"\n").await;
+    for path in ["/v1/chat/completions", "/api/chat"] {
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+            .await
+            .unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: 100\r\n\r\n{{\"model\""
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let sent = Instant::now();
+        // The response, read whole (its head and Content-Length bytes), or the test fails.
+        let mut got = Vec::new();
+        let reply = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut buf = [0u8; 4096];
+            loop {
+                if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    if got.len() >= end + 4 + len {
+                        let body = got[end + 4..end + 4 + len].to_vec();
+                        return (head, body);
+                    }
+                }
+                let n = conn.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed without a response: {got:?}");
+                got.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await
+        .expect("a response within 10 s");
+        let waited = sent.elapsed();
+        let (head, body) = reply;
+        assert!(head.starts_with("http/1.1 408"), "{path}: {head}");
+        assert!(
+            waited >= Duration::from_millis(900),
+            "{path}: after {waited:?}"
+        );
+        let json: Value = serde_json::from_slice(&body).unwrap();
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (k, v) in head.lines().skip(1).filter_map(|l| l.split_once(": ")) {
+            headers.insert(
+                reqwest::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let r = Reply {
+            status: 408,
+            headers,
+            text: String::from_utf8_lossy(&body).into_owned(),
+            json,
+        };
+        let message = if path.starts_with("/api/") {
+            ollama_error(&r, 408).to_string()
+        } else {
+            openai_error(&r, 408)["message"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert!(message.contains("did not arrive"), "{path}: {message}");
+    }
+    // The server serves on.
+    let r = post_json(&s.url("/v1/chat/completions"), &chat("tiny", "hi")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+}

@@ -224,3 +224,67 @@ async fn a_named_cache_is_created_used_listed_and_deleted() {
     let r = post_json(&server.url("/v1/chat/completions"), &ask("Hi")).await;
     assert_eq!(r.status, 404, "{r:?}");
 }
+
+/// Two instances of one slot each, holding a system prompt each: a request goes to the
+/// instance that holds its prompt, whichever instance looks at the queue first, so each of a
+/// run of alternating requests prefills only its question. With that instance busy, the
+/// other takes it rather than let it wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn across_instances_a_request_goes_where_its_prefix_is() {
+    const TRAVEL: &str = "You are a travel planner for trips by train across Europe. Answer \
+        with a day-by-day plan: where to sleep, which trains to take and when they leave, what \
+        a ticket costs in second class, and one thing to see in each town. Prefer night trains \
+        for legs over six hours, keep changes under three per day, and say when a seat must \
+        be booked ahead. When the traveller gives no dates, assume the second week of May. \
+        Keep each day to three lines.";
+    let cfg = config(
+        &[DEFAULT_MODEL],
+        "[scheduler]\nn_batch = 1\ninstances = 2\n\n[prompt_cache]\nenabled = false\n",
+    );
+    let server = Server::start(&workspace_models(), &cfg, &[]).await;
+    let ask_with = |system: &'static str, question: &'static str| {
+        let server = &server;
+        async move {
+            let mut body = body(question, false);
+            body["messages"][0]["content"] = json!(system);
+            let r = post_json(&server.url("/v1/chat/completions"), &body).await;
+            assert_eq!(r.status, 200, "{r:?}");
+            common::cached_usage(&r.json["usage"])
+        }
+    };
+    // Together, cold: each instance takes one and holds its system prompt from then on.
+    futures_util::future::join(
+        ask_with(SYSTEM, "How do I reverse a list in Python?"),
+        ask_with(TRAVEL, "Paris to Vienna in four days?"),
+    )
+    .await;
+    let alternating = [
+        (SYSTEM, "What is a Rust lifetime?"),
+        (TRAVEL, "Rome to Munich with a stop in Verona?"),
+        (SYSTEM, "How do I read a file line by line in bash?"),
+        (TRAVEL, "Amsterdam to Copenhagen by night train?"),
+        (SYSTEM, "What does git rebase do?"),
+        (TRAVEL, "Three days around Lake Geneva?"),
+    ];
+    for (system, question) in alternating {
+        let (prompt, cached) = ask_with(system, question).await;
+        assert!(
+            prompt - cached <= 24,
+            "'{question}' prefilled {} of {prompt} tokens: it went to the instance that did \
+             not hold its system prompt",
+            prompt - cached
+        );
+    }
+    // Two at once with one prompt: the instance holding it is busy with one, so the other
+    // takes the second (cold) rather than leave it waiting; both are answered.
+    let (a, b) = futures_util::future::join(
+        ask_with(SYSTEM, "How do I make a Python virtualenv?"),
+        ask_with(SYSTEM, "What is a C++ move constructor?"),
+    )
+    .await;
+    let warm = [a, b]
+        .iter()
+        .filter(|(prompt, cached)| prompt - cached <= 24)
+        .count();
+    assert!(warm >= 1, "neither ran where the prompt is: {a:?} {b:?}");
+}

@@ -2,7 +2,9 @@
 //! prefix with its prompt, as llama.cpp's server picks slots. A runtime that reuses a slot's
 //! prefix (the CPU runtime; perhaps Rockchip's with a prompt cache) then prefills a system
 //! prompt shared by many requests once per slot, not once per request. Continuing requests
-//! never move: they keep their slot, whose cache holds their whole context.
+//! never move: they keep their slot, whose cache holds their whole context. Across the
+//! instances of a model, an idle instance leaves a waiting request to another idle one that
+//! holds much more of its prompt ([`better_elsewhere`]).
 
 /// Items (bytes of text, token ids) two sequences share at their start.
 pub fn common_prefix<T: PartialEq>(a: &[T], b: &[T]) -> usize {
@@ -43,6 +45,24 @@ pub fn assign(free: &[usize], cached: &[&[u8]], prompts: &[&[u8]]) -> Vec<usize>
         out.push(free.remove(i));
     }
     out
+}
+
+/// Bytes of a prompt another instance must hold beyond what this one holds before a request
+/// is left to it: a few tokens are not worth handing the request over.
+pub const ELSEWHERE_MIN_GAIN: usize = 64;
+
+/// The longest prefix of `prompt` that one of `held` (texts a runtime holds) starts with.
+pub fn best_prefix(held: &[Vec<u8>], prompt: &[u8]) -> usize {
+    held.iter()
+        .map(|h| common_prefix(h, prompt))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Whether `prompt` is better placed elsewhere: `elsewhere` (the longest prefix of it that
+/// another idle instance holds) exceeds `here` (this instance's) by [`ELSEWHERE_MIN_GAIN`].
+pub fn better_elsewhere(here: usize, elsewhere: usize) -> bool {
+    elsewhere >= here.saturating_add(ELSEWHERE_MIN_GAIN)
 }
 
 /// Prompt tokens a new request is expected to prefill: those past the longest prefix the
@@ -143,6 +163,24 @@ mod tests {
         assert_eq!(expected_prefill(b"", 0, &[], &mut 0, b"", 1.0), 1);
         let same = [prompt.to_vec()];
         assert_eq!(expected_prefill(prompt, 40, &same, &mut 1, b"", 1.0), 1);
+    }
+
+    #[test]
+    fn a_request_is_left_to_the_instance_holding_much_more_of_it() {
+        let system = vec![b's'; 300];
+        let prompt = [system.as_slice(), b"question"].concat();
+        let holds_it = vec![Vec::new(), system.clone()];
+        let holds_a_bit = vec![system[..40].to_vec()];
+        assert_eq!(best_prefix(&holds_it, &prompt), 300);
+        assert_eq!(best_prefix(&holds_a_bit, &prompt), 40);
+        assert_eq!(best_prefix(&[], &prompt), 0);
+        // 260 bytes more elsewhere: worth leaving; the other way round, never.
+        assert!(better_elsewhere(40, 300));
+        assert!(!better_elsewhere(300, 40));
+        // A few tokens more elsewhere are not worth a hand-over; nor is a tie.
+        assert!(!better_elsewhere(300, 300 + ELSEWHERE_MIN_GAIN - 1));
+        assert!(better_elsewhere(300, 300 + ELSEWHERE_MIN_GAIN));
+        assert!(!better_elsewhere(0, 0));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use crate::demux::Demux;
 pub use crate::snapshot::InstanceState;
 use parking_lot::Mutex;
 use rkllm::{Memory, Stopper};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -35,6 +35,13 @@ pub struct Instance {
     pub restarts: AtomicU64,
     /// The worker's memory at its last look (process isolation only).
     pub memory: Mutex<Option<Memory>>,
+    /// What its runtime holds for new requests to reuse (each slot's last text, the loaded
+    /// prompt-cache file's prefix), for the placement of the model's other instances; kept
+    /// only where the model has more than one.
+    pub held: Mutex<Vec<Vec<u8>>>,
+    /// Its run has no request left and is about to end: a new request can count on it as
+    /// on an idle instance (its last replies reach clients before its state says idle).
+    pub finishing: AtomicBool,
 }
 
 impl Instance {
@@ -51,6 +58,8 @@ impl Instance {
             fallback: Mutex::new(None),
             restarts: AtomicU64::new(0),
             memory: Mutex::new(None),
+            held: Mutex::default(),
+            finishing: AtomicBool::new(false),
         }
     }
 

@@ -174,6 +174,10 @@ pub fn take_joining(
 }
 
 /// Blocks until the policy forms a run (returned in slot order) or `stop()` says to give up.
+/// The policy sees no request that `leave` says another idle instance should take (it
+/// holds much more of the request's prompt); an instance that starts a run wakes the
+/// others, for `leave` may then say otherwise.
+#[allow(clippy::too_many_arguments)]
 pub fn take_batch(
     queue: &Queue,
     policy: &Policy,
@@ -182,9 +186,12 @@ pub fn take_batch(
     preferred: Option<BatchKey>,
     freed: Option<Freed>,
     stop: impl Fn() -> bool,
+    leave: impl Fn(&Request) -> bool,
 ) -> Option<(BatchKey, Vec<Pending>)> {
     let mut waiting = queue.waiting.lock();
     let mut view = Vec::with_capacity(waiting.len());
+    // Indices into `waiting` of the requests in `view`.
+    let mut seen = Vec::with_capacity(waiting.len());
     loop {
         if stop() {
             return None;
@@ -192,17 +199,23 @@ pub fn take_batch(
         let now = Instant::now();
         sweep(&mut waiting, max_wait, now, &queue.tel);
         view.clear();
-        view.extend(waiting.iter().map(|p| Waiting {
-            key: p.key,
-            arrival: p.req.arrival,
-        }));
+        seen.clear();
+        for (i, p) in waiting.iter().enumerate() {
+            if p.key == BatchKey::EMBEDDING || !leave(&p.req) {
+                seen.push(i);
+                view.push(Waiting {
+                    key: p.key,
+                    arrival: p.req.arrival,
+                });
+            }
+        }
         match policy.decide(&view, n_batch, now, preferred, freed) {
             Decision::Run(slots) => {
                 let key = view[slots[0]].key;
                 let mut members: Vec<Pending> = slots
                     .iter()
                     .rev()
-                    .map(|&i| waiting.remove(i).expect("policy index in range"))
+                    .map(|&i| waiting.remove(seen[i]).expect("policy index in range"))
                     .collect();
                 members.reverse();
                 return Some((key, members));

@@ -147,6 +147,11 @@ impl Run<'_> {
         inst.touch();
         *inst.run.lock() = Some(demux.clone());
         *inst.state.lock() = InstanceState::Running { slots: occupied };
+        inst.finishing.store(false, Ordering::Release);
+        if model.instances.len() > 1 {
+            // Requests the others left to this instance while it was idle are theirs now.
+            model.queue.arrived.notify_all();
+        }
 
         let (d, i) = (demux.clone(), inst.clone());
         let unloading = &model.unloading;
@@ -177,6 +182,9 @@ impl Run<'_> {
             }
             let now = Instant::now();
             let flow = d.step(step, now);
+            if d.open() == 0 {
+                i.finishing.store(true, Ordering::Release);
+            }
             let Some(r) = reform_ref else { return flow };
             if flow != Flow::Continue
                 || d.cutting().is_some()

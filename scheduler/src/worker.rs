@@ -14,7 +14,7 @@ use crate::model::{Model, Shared};
 use crate::policy::Freed;
 use crate::prompt_cache;
 use crate::queue::{take_batch, take_joining, Pending};
-use crate::request::{BatchKey, Failure, FinishReason};
+use crate::request::{BatchKey, Failure, FinishReason, Request};
 use crate::runner::{Cutter, Reforming, Run};
 use crate::sequence::Sequence;
 use crate::telemetry::{FailKind, ModelTelemetry, Outcome};
@@ -184,6 +184,7 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
             n_batch = engine.n_batch();
             cached = vec![Vec::new(); n_batch];
             loaded_prefix = None;
+            publish_held(&model, &inst, &cached, None);
             carry = (0..n_batch).map(|_| None).collect();
         }
         drop_cancelled(&mut carry, &model.queue.tel);
@@ -216,6 +217,7 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
                 preferred,
                 freed,
                 stop,
+                |r| held_elsewhere(&model, &inst, r),
             );
             let Some(batch) = batch else { break };
             batch
@@ -260,6 +262,12 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
             };
             prompt_cache::prepare(&before, &mut *engine, &mut loaded_prefix);
         }
+        publish_held(
+            &model,
+            &inst,
+            &cached,
+            loaded_prefix.as_ref().map(|(_, t)| t.as_slice()),
+        );
         // A prompt the loaded file supplies says nothing about what the runtime keeps of
         // a slot's own prefix.
         if let Some((_, file)) = &loaded_prefix {
@@ -320,6 +328,45 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
     inst.abort.lock().take();
     if let Err(e) = engine.destroy(cfg.destroy_timeout) {
         tracing::warn!(model = %cfg.name, instance = inst.index, "destroying the engine: {e}");
+    }
+}
+
+/// Shows the model's other instances what this one's runtime holds (each slot's last text,
+/// the loaded prompt-cache file's prefix), for [`held_elsewhere`]. Nothing to show where
+/// the model has one instance.
+fn publish_held(model: &Model, inst: &Instance, cached: &[Vec<u8>], file: Option<&[u8]>) {
+    if model.instances.len() < 2 {
+        return;
+    }
+    let mut held = inst.held.lock();
+    held.clear();
+    held.extend(cached.iter().cloned());
+    held.extend(file.map(<[u8]>::to_vec));
+}
+
+/// Whether another idle instance of the model (or one whose run has no request left) holds
+/// much more of `r`'s prompt than `inst` does ([`affinity::better_elsewhere`]): `inst` then
+/// leaves it to that one, which prefills only what it does not hold. A busy instance is no
+/// better home: the request would wait.
+fn held_elsewhere(model: &Model, inst: &Instance, r: &Request) -> bool {
+    if model.instances.len() < 2 {
+        return false;
+    }
+    let prompt = r.prompt.as_bytes();
+    // One instance's lock at a time: two instances asking at once never wait on each other.
+    let here = affinity::best_prefix(&inst.held.lock(), prompt);
+    model
+        .instances
+        .iter()
+        .filter(|o| o.index != inst.index && idle_soon(o))
+        .any(|o| affinity::better_elsewhere(here, affinity::best_prefix(&o.held.lock(), prompt)))
+}
+
+fn idle_soon(inst: &Instance) -> bool {
+    match *inst.state.lock() {
+        InstanceState::Idle => true,
+        InstanceState::Running { .. } => inst.finishing.load(Ordering::Acquire),
+        _ => false,
     }
 }
 

@@ -97,10 +97,14 @@ async fn vector_of(mut rs: RequestStream) -> Result<(Vec<f32>, usize), ApiError>
                         Err(ApiError::from_finish(&FinishReason::Error(f)))
                     }
                     (_, Some(v)) => Ok((v, prompt_tokens as usize)),
-                    (_, None) => Err(ApiError::new(
-                        actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
-                        "the run ended without an embedding",
-                    )),
+                    // The scheduler has counted this request's end already.
+                    (_, None) => Err(ApiError {
+                        counted: true,
+                        ..ApiError::new(
+                            actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+                            "the run ended without an embedding",
+                        )
+                    }),
                 };
             }
         }

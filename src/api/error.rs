@@ -101,7 +101,7 @@ impl ApiError {
 
     fn openai_type(&self) -> &'static str {
         match self.status.as_u16() {
-            400 | 413 | 422 => "invalid_request_error",
+            400 | 408 | 413 | 422 => "invalid_request_error",
             401 => "authentication_error",
             403 => "permission_error",
             404 => "not_found_error",
@@ -190,9 +190,12 @@ impl From<SubmitError> for ApiError {
                 retry_after: Some(retry_after),
                 ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, message)
             },
-            SubmitError::ModelUnavailable { .. } | SubmitError::ShuttingDown => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
-            }
+            // Another board, or this one a moment later, may serve it: routers and SDKs
+            // retry a 503 that says when.
+            SubmitError::ModelUnavailable { .. } | SubmitError::ShuttingDown => ApiError {
+                retry_after: Some(Duration::from_secs(1)),
+                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+            },
         };
         ApiError { model, ..e }
     }

@@ -106,7 +106,7 @@ pub struct Frames {
     single_call: bool,
     keep_alive: Duration,
     /// The model stays loaded while its frames are read.
-    _lease: crate::models::Lease,
+    lease: crate::models::Lease,
 }
 
 impl Frames {
@@ -132,7 +132,7 @@ impl Frames {
             pending: (0..n).map(|choice| Frame::Role { choice }).collect(),
             single_call,
             keep_alive: KEEP_ALIVE,
-            _lease: lease,
+            lease,
         };
         if let Some((i, e)) = first {
             f.on_event(i, e);
@@ -222,8 +222,14 @@ impl Frames {
             }
             match tokio::time::timeout(self.keep_alive, self.events.next()).await {
                 Ok(Some((i, e))) => self.on_event(i, e),
-                // Every channel closed without an End: the scheduler went away.
+                // Every channel closed without an End: the scheduler went away without
+                // recording the request, so it is counted here (once, whatever its n).
                 Ok(None) => {
+                    scheduler::telemetry::count_failure(
+                        self.lease.model(),
+                        scheduler::FailKind::RuntimeError,
+                        1,
+                    );
                     for choice in 0..self.choices.len() {
                         if !self.choices[choice].ended {
                             self.on_event(

@@ -47,13 +47,22 @@ pub async fn resolve(state: &web::Data<AppState>, query: &str) -> Result<Arc<Ser
     off_loop(move || st.catalog.resolve(&q)).await
 }
 
-/// Runs catalog work that may block (file reads, model loads) on the blocking pool.
+/// Runs work that may block (directory scans, tokenizer reads, model loads) on the
+/// blocking pool, in the caller's span: what it logs carries the request's id.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let span = tracing::Span::current();
+    web::block(move || span.in_scope(f))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// Catalog work that may block, off the async workers.
 async fn off_loop<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, crate::catalog::CatalogError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    Ok(web::block(f)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??)
+    Ok(blocking(f).await??)
 }
 
 /// Loads the model if it is not loaded (off the async workers: loading blocks).

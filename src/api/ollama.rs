@@ -542,7 +542,7 @@ fn digest(e: &crate::registry::ModelEntry) -> String {
 /// async workers.
 pub async fn tags(state: web::Data<AppState>) -> HttpResponse {
     let st = state.clone();
-    let models = web::block(move || {
+    let models = generate::blocking(move || {
         st.catalog
             .list()
             .iter()
@@ -566,11 +566,7 @@ pub async fn tags(state: web::Data<AppState>) -> HttpResponse {
     .await;
     match models {
         Ok(models) => HttpResponse::Ok().json(json!({"models": models})),
-        Err(e) => ApiError::new(
-            actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
-            e.to_string(),
-        )
-        .response(Api::Ollama),
+        Err(e) => e.response(Api::Ollama),
     }
 }
 
@@ -615,8 +611,18 @@ pub async fn show(state: web::Data<AppState>, payload: web::Payload) -> HttpResp
     result.unwrap_or_else(|e: ApiError| e.response(Api::Ollama))
 }
 
+/// The loaded models; resolving one may read its tokenizer, so it runs off the async workers.
 pub async fn ps(state: web::Data<AppState>) -> HttpResponse {
-    let models: Vec<Value> = state
+    let state = state.clone();
+    let models = generate::blocking(move || loaded(&state)).await;
+    match models {
+        Ok(models) => HttpResponse::Ok().json(json!({"models": models})),
+        Err(e) => e.response(Api::Ollama),
+    }
+}
+
+fn loaded(state: &AppState) -> Vec<Value> {
+    state
         .catalog
         .scheduler
         .snapshot()
@@ -639,8 +645,7 @@ pub async fn ps(state: web::Data<AppState>) -> HttpResponse {
                 "context_length": s.context_len,
             }))
         })
-        .collect();
-    HttpResponse::Ok().json(json!({"models": models}))
+        .collect()
 }
 
 pub async fn version() -> HttpResponse {

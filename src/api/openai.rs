@@ -589,9 +589,22 @@ impl Shape for Chunks {
     }
 }
 
+/// The models directory, scanned off the async workers.
+async fn entries(
+    state: &web::Data<AppState>,
+) -> Result<Vec<crate::registry::ModelEntry>, ApiError> {
+    let st = state.clone();
+    generate::blocking(move || st.catalog.list()).await
+}
+
 pub async fn list_models(state: web::Data<AppState>) -> HttpResponse {
-    let data: Vec<Value> = state.catalog.list().iter().map(model_object).collect();
-    HttpResponse::Ok().json(json!({"object": "list", "data": data}))
+    match entries(&state).await {
+        Ok(list) => {
+            let data: Vec<Value> = list.iter().map(model_object).collect();
+            HttpResponse::Ok().json(json!({"object": "list", "data": data}))
+        }
+        Err(e) => e.response(Api::OpenAi),
+    }
 }
 
 fn model_object(e: &crate::registry::ModelEntry) -> Value {
@@ -603,7 +616,10 @@ fn model_object(e: &crate::registry::ModelEntry) -> Value {
 }
 
 pub async fn get_model(state: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
-    let entries = state.catalog.list();
+    let entries = match entries(&state).await {
+        Ok(list) => list,
+        Err(e) => return e.response(Api::OpenAi),
+    };
     match crate::registry::find(&entries, &id) {
         Some(e) => HttpResponse::Ok().json(model_object(e)),
         None => ApiError {

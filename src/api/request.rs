@@ -97,25 +97,27 @@ impl GenRequest {
     /// instead of failing the run it would share with others.
     pub fn validate(&self) -> Result<(), ApiError> {
         let nul = |s: &str| s.contains('\0');
+        const NUL: &str =
+            "the text contains a NUL character (\\u0000), which the runtime cannot take";
         match &self.prompt {
             Prompt::Chat { messages, .. } => {
                 for (i, m) in messages.iter().enumerate() {
                     if nul(&m.content) {
-                        return Err(ApiError::bad_param(
-                            &format!("messages[{i}].content"),
-                            "the text contains a NUL character (\\u0000), which the runtime cannot take",
-                        ));
+                        return Err(ApiError::bad_param(&format!("messages[{i}].content"), NUL));
                     }
+                    if has_nul(m) {
+                        return Err(ApiError::bad_param(&format!("messages[{i}]"), NUL));
+                    }
+                }
+                if has_nul(&self.tools) {
+                    return Err(ApiError::bad_param("tools", NUL));
                 }
             }
             Prompt::Text {
                 prompts, system, ..
             } => {
                 if prompts.iter().any(|p| nul(p)) || system.as_deref().is_some_and(nul) {
-                    return Err(ApiError::bad_param(
-                        self.prompt_param,
-                        "the text contains a NUL character (\\u0000), which the runtime cannot take",
-                    ));
+                    return Err(ApiError::bad_param(self.prompt_param, NUL));
                 }
             }
         }
@@ -388,6 +390,20 @@ pub fn role(role: &str, param: impl FnOnce() -> String) -> Result<String, ApiErr
     }
 }
 
+/// Whether any string in `v` holds a NUL (a tool call's arguments, a name, a tool's
+/// description), all of which a template may print into the prompt.
+fn has_nul<T: serde::Serialize>(v: &T) -> bool {
+    fn walk(v: &Value) -> bool {
+        match v {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(a) => a.iter().any(walk),
+            Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || walk(v)),
+            _ => false,
+        }
+    }
+    serde_json::to_value(v).is_ok_and(|v| walk(&v))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,10 +446,28 @@ mod tests {
         );
         let e = g.validate().unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages[1].content"));
+        // In a tool result's call id, or in a tool's description: the message, the tools.
+        let mut tool = ChatMessage::new("tool", "42");
+        tool.tool_call_id = Some("call\0x".into());
+        g.prompt = Prompt::Chat {
+            messages: vec![ChatMessage::new("user", "fine"), tool],
+            continue_final: false,
+        };
+        assert_eq!(
+            g.validate().unwrap_err().param.as_deref(),
+            Some("messages[1]")
+        );
         g.prompt = Prompt::Chat {
             messages: vec![ChatMessage::new("user", "fine")],
             continue_final: false,
         };
+        assert!(g.validate().is_ok());
+        g.tools =
+            vec![json!({"type": "function", "function": {"name": "f", "description": "a\u{0}b"}})];
+        assert_eq!(g.validate().unwrap_err().param.as_deref(), Some("tools"));
+        // The text "\u0000" itself, escaped by its writer, is six characters, not a NUL.
+        g.tools =
+            vec![json!({"type": "function", "function": {"name": "f", "description": "\\u0000"}})];
         assert!(g.validate().is_ok());
     }
 
