@@ -628,6 +628,8 @@ async fn a_short_reply_returns_at_its_own_end_not_its_batchs() {
     );
 }
 
+/// Clients that leave while queued (streaming or not) give up their queue places; one that
+/// leaves a non-streamed generation mid-run gives up its slot.
 #[tokio::test]
 async fn a_client_that_leaves_while_queued_gives_up_its_place() {
     let s = Server::start_synthetic(
@@ -672,5 +674,15 @@ async fn a_client_that_leaves_while_queued_gives_up_its_place() {
         !running.is_finished(),
         "the run outlasted the test: make it longer"
     );
+    // The non-streaming client mid-generation leaves too: its slot is freed, its run ends.
+    assert_eq!(s.loaded("slow").await["busy_slots"], 1);
     running.abort();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while s.loaded("slow").await["busy_slots"] != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a non-streaming client that left kept its slot"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
