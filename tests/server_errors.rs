@@ -374,12 +374,7 @@ async fn an_unknown_route_is_not_reported_as_a_missing_model() {
 
 #[track_caller]
 fn assert_retry_after(r: &Reply) {
-    let secs: u64 = r
-        .header("retry-after")
-        .unwrap_or_else(|| panic!("429 needs Retry-After: {:?}", r.headers))
-        .parse()
-        .expect("Retry-After in whole seconds");
-    assert!(secs >= 1);
+    assert!(r.retry_after() >= 1, "{r:?}");
     assert!(
         !r.header("content-type")
             .unwrap_or_default()
@@ -566,31 +561,9 @@ async fn raw_exchange(port: u16, bytes: &[u8]) -> Vec<Reply> {
     assert!(read.is_ok(), "the connection stayed open: {got:?}");
     let mut replies = Vec::new();
     let mut rest = &got[..];
-    while let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
-        let head = std::str::from_utf8(&rest[..end]).unwrap();
-        let mut lines = head.split("\r\n");
-        let status: u16 = lines.next().unwrap()[9..12].parse().unwrap();
-        let mut headers = reqwest::header::HeaderMap::new();
-        for l in lines {
-            let (k, v) = l.split_once(": ").unwrap();
-            headers.insert(
-                reqwest::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        let len: usize = headers
-            .get("content-length")
-            .map_or(0, |v| v.to_str().unwrap().parse().unwrap());
-        let body = &rest[end + 4..end + 4 + len];
-        let text = String::from_utf8_lossy(body).into_owned();
-        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        replies.push(Reply {
-            status,
-            headers,
-            text,
-            json,
-        });
-        rest = &rest[end + 4 + len..];
+    while let Some((reply, used)) = Reply::parse(rest) {
+        replies.push(reply);
+        rest = &rest[used..];
     }
     assert!(rest.is_empty(), "bytes after the last response: {rest:?}");
     replies
@@ -661,19 +634,11 @@ async fn a_body_that_never_arrives_is_408_in_the_apis_shape() {
         let sent = Instant::now();
         // The response, read whole (its head and Content-Length bytes), or the test fails.
         let mut got = Vec::new();
-        let reply = tokio::time::timeout(Duration::from_secs(10), async {
+        let r = tokio::time::timeout(Duration::from_secs(10), async {
             let mut buf = [0u8; 4096];
             loop {
-                if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length: "))
-                        .map_or(0, |v| v.trim().parse().unwrap());
-                    if got.len() >= end + 4 + len {
-                        let body = got[end + 4..end + 4 + len].to_vec();
-                        return (head, body);
-                    }
+                if let Some((reply, _)) = Reply::parse(&got) {
+                    return reply;
                 }
                 let n = conn.read(&mut buf).await.unwrap();
                 assert!(n > 0, "closed without a response: {got:?}");
@@ -683,26 +648,10 @@ async fn a_body_that_never_arrives_is_408_in_the_apis_shape() {
         .await
         .expect("a response within 10 s");
         let waited = sent.elapsed();
-        let (head, body) = reply;
-        assert!(head.starts_with("http/1.1 408"), "{path}: {head}");
         assert!(
             waited >= Duration::from_millis(900),
             "{path}: after {waited:?}"
         );
-        let json: Value = serde_json::from_slice(&body).unwrap();
-        let mut headers = reqwest::header::HeaderMap::new();
-        for (k, v) in head.lines().skip(1).filter_map(|l| l.split_once(": ")) {
-            headers.insert(
-                reqwest::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        let r = Reply {
-            status: 408,
-            headers,
-            text: String::from_utf8_lossy(&body).into_owned(),
-            json,
-        };
         let message = if path.starts_with("/api/") {
             ollama_error(&r, 408).to_string()
         } else {

@@ -353,13 +353,18 @@ fn held_elsewhere(model: &Model, inst: &Instance, r: &Request) -> bool {
         return false;
     }
     let prompt = r.prompt.as_bytes();
+    // Only where another instance is idle (mostly none is) is this one's prefix measured.
     // One instance's lock at a time: two instances asking at once never wait on each other.
-    let here = affinity::best_prefix(&inst.held.lock(), prompt);
+    let mut here = None;
     model
         .instances
         .iter()
         .filter(|o| o.index != inst.index && idle_soon(o))
-        .any(|o| affinity::better_elsewhere(here, affinity::best_prefix(&o.held.lock(), prompt)))
+        .any(|o| {
+            let here =
+                *here.get_or_insert_with(|| affinity::best_prefix(&inst.held.lock(), prompt));
+            affinity::better_elsewhere(here, affinity::best_prefix(&o.held.lock(), prompt))
+        })
 }
 
 fn idle_soon(inst: &Instance) -> bool {

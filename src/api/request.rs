@@ -105,11 +105,18 @@ impl GenRequest {
                     if nul(&m.content) {
                         return Err(ApiError::bad_param(&format!("messages[{i}].content"), NUL));
                     }
-                    if has_nul(m) {
+                    // The other fields a template may print; the content is checked above
+                    // and not copied again.
+                    let fields = [
+                        &m.role,
+                        m.name.as_deref().unwrap_or(""),
+                        m.tool_call_id.as_deref().unwrap_or(""),
+                    ];
+                    if fields.into_iter().any(nul) || has_nul(&m.tool_calls) {
                         return Err(ApiError::bad_param(&format!("messages[{i}]"), NUL));
                     }
                 }
-                if has_nul(&self.tools) {
+                if self.tools.iter().any(value_has_nul) {
                     return Err(ApiError::bad_param("tools", NUL));
                 }
             }
@@ -390,18 +397,19 @@ pub fn role(role: &str, param: impl FnOnce() -> String) -> Result<String, ApiErr
     }
 }
 
-/// Whether any string in `v` holds a NUL (a tool call's arguments, a name, a tool's
-/// description), all of which a template may print into the prompt.
+/// Whether any string in `v` holds a NUL (a tool call's arguments or name), which a
+/// template may print into the prompt.
 fn has_nul<T: serde::Serialize>(v: &T) -> bool {
-    fn walk(v: &Value) -> bool {
-        match v {
-            Value::String(s) => s.contains('\0'),
-            Value::Array(a) => a.iter().any(walk),
-            Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || walk(v)),
-            _ => false,
-        }
+    serde_json::to_value(v).is_ok_and(|v| value_has_nul(&v))
+}
+
+fn value_has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(value_has_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || value_has_nul(v)),
+        _ => false,
     }
-    serde_json::to_value(v).is_ok_and(|v| walk(&v))
 }
 
 #[cfg(test)]

@@ -323,6 +323,44 @@ impl Reply {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
+
+    /// Its Retry-After in seconds; panics where there is none, or not in whole seconds.
+    pub fn retry_after(&self) -> u64 {
+        self.header("retry-after")
+            .unwrap_or_else(|| panic!("no Retry-After: {self:?} {:?}", self.headers))
+            .parse()
+            .expect("Retry-After in whole seconds")
+    }
+
+    /// The first HTTP/1.1 response in `bytes` read off a socket, and the bytes it took; None
+    /// until all of it (its head and `Content-Length` bytes of body) is there.
+    pub fn parse(bytes: &[u8]) -> Option<(Reply, usize)> {
+        let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = std::str::from_utf8(&bytes[..end]).unwrap();
+        let mut lines = head.split("\r\n");
+        let status: u16 = lines.next().unwrap()[9..12].parse().unwrap();
+        let mut headers = reqwest::header::HeaderMap::new();
+        for l in lines {
+            let (k, v) = l.split_once(": ").unwrap();
+            headers.insert(
+                reqwest::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let len: usize = headers
+            .get("content-length")
+            .map_or(0, |v| v.to_str().unwrap().parse().unwrap());
+        let body = bytes.get(end + 4..end + 4 + len)?;
+        let text = String::from_utf8_lossy(body).into_owned();
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let reply = Reply {
+            status,
+            headers,
+            text,
+            json,
+        };
+        Some((reply, end + 4 + len))
+    }
 }
 
 impl std::fmt::Debug for Reply {
