@@ -1,6 +1,7 @@
 //! Each request's outcome is counted once, under the kind the client saw: a mix of runtime
 //! errors (streamed and not), overload (n = 1 and n = 4), queue-wait timeouts and a
-//! cancellation, and the failure counters in /metrics equal the clients' own tally.
+//! cancellation, and the failure counters in /metrics equal the clients' own tally; a
+//! request whose reply is generated again until it meets its shape is one request too.
 
 mod common;
 
@@ -172,6 +173,47 @@ async fn failure_counters_equal_what_the_clients_saw() {
             );
         }
     }
+}
+
+/// A request that demands JSON is generated again while its reply is not JSON: its attempts
+/// are one request, counted once when final, a success or the 422 the client saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_generated_again_is_counted_once() {
+    let profile = "[timing]\ndecode_step_ms = 0.0\n[output]\nscript = \"Hello.\"\n\
+        [[output.replies]]\nwhen = \"bad json\"\ntext = \"Sure: {oops\"\n\
+        [[output.replies]]\nwhen = \"JSON\"\ntext = \"{\\\"name\\\": \\\"Ada\\\"}\"\n";
+    let s = Server::start_synthetic(
+        &[("scripted", profile)],
+        &common::config(&["scripted"], "[server]\nstructured_retries = 2\n"),
+        &[],
+    )
+    .await;
+    let ask = |content: &str| {
+        json!({"model": "scripted", "response_format": {"type": "json_object"},
+            "messages": [{"role": "user", "content": content}]})
+    };
+    let url = s.url("/v1/chat/completions");
+    let r = post_json(&url, &ask("give me JSON")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // Three attempts each, then 422, in both APIs.
+    let r = post_json(&url, &ask("bad json")).await;
+    assert_eq!(r.status, 422, "{r:?}");
+    let r = post_json(
+        &s.url("/api/chat"),
+        &json!({"model": "scripted", "stream": false, "format": "json",
+            "messages": [{"role": "user", "content": "bad json"}]}),
+    )
+    .await;
+    assert_eq!(r.status, 422, "{r:?}");
+
+    let success = "rkserve_request_success_total";
+    assert_eq!(s.counter_when(success, 1.0).await, 1.0);
+    let text = metrics(&s).await;
+    assert_eq!(failures(&text, "scripted", "bad_request"), 2.0, "{text}");
+    // Nothing more is counted later, from the instance thread.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(s.counter(success).await, 1.0);
+    assert_eq!(s.counter("rkserve_request_failure_total").await, 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

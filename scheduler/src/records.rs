@@ -31,13 +31,25 @@ impl Outcome {
 pub struct Choices {
     left: AtomicUsize,
     outcome: Mutex<Option<Outcome>>,
+    /// The caller counts the request's outcome (one it may generate again): none here.
+    by_caller: bool,
 }
 
 impl Choices {
     pub fn new(n: usize) -> Arc<Choices> {
+        Choices::with(n, false)
+    }
+
+    /// Choices whose request's outcome the caller counts, not the scheduler.
+    pub fn counted_by_caller(n: usize) -> Arc<Choices> {
+        Choices::with(n, true)
+    }
+
+    fn with(n: usize, by_caller: bool) -> Arc<Choices> {
         Arc::new(Choices {
             left: AtomicUsize::new(n),
             outcome: Mutex::new(None),
+            by_caller,
         })
     }
 
@@ -52,7 +64,8 @@ impl Choices {
             (Some(Outcome::Length), _) | (_, Outcome::Length) => Outcome::Length,
             _ => Outcome::Stop,
         });
-        (self.left.fetch_sub(1, Ordering::AcqRel) == 1).then_some((*acc)?)
+        let last = self.left.fetch_sub(1, Ordering::AcqRel) == 1;
+        (last && !self.by_caller).then_some((*acc)?)
     }
 }
 
@@ -128,5 +141,11 @@ mod tests {
         assert_eq!(counted(Some(&c), Outcome::Length), None);
         assert_eq!(counted(Some(&c), Outcome::Stop), Some(Outcome::Length));
         assert_eq!(counted(None, Outcome::Stop), Some(Outcome::Stop));
+        // Counted by its caller: never here, whether it succeeds or fails.
+        let c = Choices::counted_by_caller(2);
+        assert_eq!(counted(Some(&c), Outcome::Stop), None);
+        assert_eq!(counted(Some(&c), failed), None);
+        let c = Choices::counted_by_caller(1);
+        assert_eq!(counted(Some(&c), Outcome::Length), None);
     }
 }

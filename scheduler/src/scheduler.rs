@@ -162,7 +162,17 @@ impl Scheduler {
     /// refusal leaves nothing behind to be cancelled and counted a second time. Streams come
     /// back in the order of `reqs`; all must name the same model.
     pub fn submit_all(&self, reqs: Vec<Request>) -> Result<Vec<RequestStream>, SubmitError> {
-        self.enqueue(reqs, |r| BatchKey::of(&r.sampling))
+        self.enqueue(reqs, |r| BatchKey::of(&r.sampling), false)
+    }
+
+    /// As [`Scheduler::submit_all`], for one attempt at a request whose caller counts its
+    /// outcome itself ([`crate::telemetry::count_success`], [`crate::telemetry::count_failure`]): one it
+    /// may generate again until the reply meets a check is one request, however many runs.
+    pub fn submit_all_counted_by_caller(
+        &self,
+        reqs: Vec<Request>,
+    ) -> Result<Vec<RequestStream>, SubmitError> {
+        self.enqueue(reqs, |r| BatchKey::of(&r.sampling), true)
     }
 
     /// Queues embedding requests (one per input; `sampling`, `max_tokens` and `stop` are
@@ -171,13 +181,14 @@ impl Scheduler {
     /// stream carries one [`crate::Event::Embedding`] (pooled by the model's
     /// [`crate::Pooling`], L2-normalised), then its End.
     pub fn submit_embeddings(&self, reqs: Vec<Request>) -> Result<Vec<RequestStream>, SubmitError> {
-        self.enqueue(reqs, |_| BatchKey::EMBEDDING)
+        self.enqueue(reqs, |_| BatchKey::EMBEDDING, false)
     }
 
     fn enqueue(
         &self,
         reqs: Vec<Request>,
         key_of: impl Fn(&Request) -> BatchKey,
+        counted_by_caller: bool,
     ) -> Result<Vec<RequestStream>, SubmitError> {
         if self.shared.stopping() {
             return Err(SubmitError::ShuttingDown);
@@ -228,7 +239,11 @@ impl Scheduler {
             });
         }
         let mut streams = Vec::with_capacity(reqs.len());
-        let choices = (reqs.len() > 1).then(|| Choices::new(reqs.len()));
+        let choices = if counted_by_caller {
+            Some(Choices::counted_by_caller(reqs.len()))
+        } else {
+            (reqs.len() > 1).then(|| Choices::new(reqs.len()))
+        };
         for req in reqs {
             let (tx, rx) = unbounded_channel();
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);

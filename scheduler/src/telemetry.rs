@@ -172,15 +172,17 @@ pub fn count_failure(model: &str, kind: FailKind, n: u64) {
     counter!(FAILURE, "model" => model.to_string(), "kind" => kind.label()).increment(n);
 }
 
+/// Counts a request that succeeded; `length` when a reply of it ran out of tokens.
+pub fn count_success(model: &str, length: bool) {
+    let reason = if length { "length" } else { "stop" };
+    counter!(SUCCESS, "model" => model.to_string(), "finished_reason" => reason).increment(1);
+}
+
 fn record_request(r: &RequestRecord) {
     let model = r.model.to_string();
     match r.counted {
-        Some(Outcome::Stop) => {
-            counter!(SUCCESS, "model" => model.clone(), "finished_reason" => "stop").increment(1)
-        }
-        Some(Outcome::Length) => {
-            counter!(SUCCESS, "model" => model.clone(), "finished_reason" => "length").increment(1)
-        }
+        Some(Outcome::Stop) => count_success(&model, false),
+        Some(Outcome::Length) => count_success(&model, true),
         Some(Outcome::Failed(kind)) => count_failure(&model, kind, 1),
         None => {}
     }

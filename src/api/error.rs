@@ -29,6 +29,9 @@ pub struct ApiError {
     /// The scheduler has counted this outcome already (it failed or was cancelled there), so
     /// refusing it must not count it again.
     pub counted: bool,
+    /// The kind the scheduler gave the failure, for the count where the scheduler left it
+    /// to the caller; otherwise the kind follows from the status.
+    pub kind: Option<FailKind>,
 }
 
 impl ApiError {
@@ -41,6 +44,7 @@ impl ApiError {
             code: None,
             model: None,
             counted: false,
+            kind: None,
         }
     }
 
@@ -96,7 +100,11 @@ impl ApiError {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, f.message.clone())
             }
         };
-        ApiError { counted: true, ..e }
+        ApiError {
+            counted: true,
+            kind: Some(f.kind),
+            ..e
+        }
     }
 
     fn openai_type(&self) -> &'static str {
@@ -151,13 +159,13 @@ impl ApiError {
     /// `named` is the model the request named, if it got that far: a model the catalog knows
     /// labels the count; any other name does not, so clients cannot create series at will.
     pub fn refuse(&self, api: Api, catalog: &Catalog, named: Option<&str>) -> HttpResponse {
-        let kind = match self.status.as_u16() {
+        let kind = self.kind.unwrap_or(match self.status.as_u16() {
             429 => FailKind::Overloaded,
             499 => FailKind::Cancelled,
             503 => FailKind::Unavailable,
             400..=499 => FailKind::BadRequest,
             _ => FailKind::RuntimeError,
-        };
+        });
         if !self.counted {
             let model = self
                 .model

@@ -107,6 +107,8 @@ pub struct Frames {
     keep_alive: Duration,
     /// The model stays loaded while its frames are read.
     lease: crate::models::Lease,
+    /// Its caller counts the request's outcome: a failure found here is left to it.
+    counted_by_caller: bool,
 }
 
 impl Frames {
@@ -117,6 +119,7 @@ impl Frames {
         single_call: bool,
         first: Option<(usize, Event)>,
         lease: crate::models::Lease,
+        counted_by_caller: bool,
     ) -> Frames {
         let needs_parser = parse.tools.is_some() || parse.reasoning || parse.starts_in_reasoning;
         let mut f = Frames {
@@ -133,6 +136,7 @@ impl Frames {
             single_call,
             keep_alive: KEEP_ALIVE,
             lease,
+            counted_by_caller,
         };
         if let Some((i, e)) = first {
             f.on_event(i, e);
@@ -223,13 +227,16 @@ impl Frames {
             match tokio::time::timeout(self.keep_alive, self.events.next()).await {
                 Ok(Some((i, e))) => self.on_event(i, e),
                 // Every channel closed without an End: the scheduler went away without
-                // recording the request, so it is counted here (once, whatever its n).
+                // recording the request, so it is counted here (once, whatever its n),
+                // unless its caller counts it.
                 Ok(None) => {
-                    scheduler::telemetry::count_failure(
-                        self.lease.model(),
-                        scheduler::FailKind::RuntimeError,
-                        1,
-                    );
+                    if !self.counted_by_caller {
+                        scheduler::telemetry::count_failure(
+                            self.lease.model(),
+                            scheduler::FailKind::RuntimeError,
+                            1,
+                        );
+                    }
                     for choice in 0..self.choices.len() {
                         if !self.choices[choice].ended {
                             self.on_event(

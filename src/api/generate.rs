@@ -32,6 +32,8 @@ pub struct Generation {
     events: BoxStream<'static, (usize, Event)>,
     /// Keeps the model loaded until the last frame is read.
     lease: Lease,
+    /// Its outcome is counted by its caller ([`complete`]), not by the scheduler or frames.
+    counted_by_caller: bool,
 }
 
 fn events_of(i: usize, rs: RequestStream) -> BoxStream<'static, (usize, Event)> {
@@ -118,6 +120,7 @@ fn submit(
     prepared: &Prepared,
     ids: &[Option<Vec<i32>>],
     counts: &[usize],
+    counted_by_caller: bool,
 ) -> Result<BoxStream<'static, (usize, Event)>, ApiError> {
     let ctx = served.context_len;
     let mut stop = served.stop.clone();
@@ -149,10 +152,13 @@ fn submit(
         }
     }
     // All choices are queued or none: a refused request leaves nothing behind.
-    let streams: Vec<_> = state
-        .catalog
-        .scheduler
-        .submit_all(reqs)?
+    let scheduler = &state.catalog.scheduler;
+    let streams = if counted_by_caller {
+        scheduler.submit_all_counted_by_caller(reqs)?
+    } else {
+        scheduler.submit_all(reqs)?
+    };
+    let streams: Vec<_> = streams
         .into_iter()
         .enumerate()
         .map(|(i, rs)| events_of(i, rs))
@@ -160,10 +166,13 @@ fn submit(
     Ok(stream::select_all(streams).boxed())
 }
 
+/// Queues a request; its outcome is counted by the scheduler, or by the caller where
+/// `counted_by_caller` (see [`complete`]).
 pub async fn start(
     state: &web::Data<AppState>,
     served: Arc<Served>,
     g: &GenRequest,
+    counted_by_caller: bool,
 ) -> Result<Generation, ApiError> {
     let named = state.caches.apply(&served.entry.name, g)?;
     let g = named.as_ref().unwrap_or(g);
@@ -210,7 +219,15 @@ pub async fn start(
         ));
     }
     let arrival = Instant::now();
-    let events = submit(state, &served, g, &prepared, &ids, &counts)?;
+    let events = submit(
+        state,
+        &served,
+        g,
+        &prepared,
+        &ids,
+        &counts,
+        counted_by_caller,
+    )?;
     Ok(Generation {
         choices: prepared.prompts.len() * g.n,
         prompt_tokens: counts.iter().sum(),
@@ -221,6 +238,7 @@ pub async fn start(
         prepared,
         events,
         lease,
+        counted_by_caller,
     })
 }
 
@@ -251,6 +269,7 @@ impl Generation {
             self.single_call,
             first,
             self.lease,
+            self.counted_by_caller,
         ))
     }
 }
@@ -290,15 +309,43 @@ async fn read_replies(frames: Frames, n: usize, client: &Client) -> Result<Vec<R
 
 /// Runs a request to its end, each reply checked against what the request demands (a JSON
 /// shape, a forced tool call): a reply that misses is generated again, up to the configured
-/// number of retries, then the request fails with what was wrong.
+/// number of retries, then the request fails with what was wrong. Such a request is one
+/// request however many runs it takes: its outcome is counted here, once, when final (a
+/// failure by the handler's refusal, which counts what is not counted yet).
 pub async fn complete(
     state: &web::Data<AppState>,
     served: Arc<Served>,
     g: &GenRequest,
     client: &Client,
 ) -> Result<(Meta, Vec<Reply>), ApiError> {
+    if !g.may_retry() {
+        return attempts(state, served, g, client, false).await;
+    }
+    let model = served.entry.name.clone();
+    match attempts(state, served, g, client, true).await {
+        Ok((meta, replies)) => {
+            let length = replies.iter().any(|r| matches!(r.finish, Finish::Length));
+            scheduler::telemetry::count_success(&model, length);
+            Ok((meta, replies))
+        }
+        Err(e) => Err(ApiError {
+            counted: false,
+            model: Some(model),
+            ..e
+        }),
+    }
+}
+
+/// The runs of [`complete`], each failing choice again until it meets the request.
+async fn attempts(
+    state: &web::Data<AppState>,
+    served: Arc<Served>,
+    g: &GenRequest,
+    client: &Client,
+    counted_by_caller: bool,
+) -> Result<(Meta, Vec<Reply>), ApiError> {
     let retries = state.catalog.config().server.structured_retries;
-    let generation = start(state, served, g).await?;
+    let generation = start(state, served, g, counted_by_caller).await?;
     let (meta, n) = (generation.meta(), generation.choices);
     let mut replies = read_replies(generation.begin(client).await?, n, client).await?;
     for attempt in 0..=retries {
@@ -330,7 +377,7 @@ pub async fn complete(
         // Each failing choice again on its own, from the prompt it came from.
         for (i, _) in failing {
             let one = g.retry_of(i / g.n);
-            let again = start(state, meta.served.clone(), &one).await?;
+            let again = start(state, meta.served.clone(), &one, counted_by_caller).await?;
             let frames = again.begin(client).await?;
             replies[i] = read_replies(frames, 1, client).await?.remove(0);
         }
@@ -355,7 +402,7 @@ pub async fn stream(
             .collect();
         return Ok((meta, stream::iter(frames).boxed()));
     }
-    let generation = start(state, served, g).await?;
+    let generation = start(state, served, g, false).await?;
     let meta = generation.meta();
     Ok((meta, generation.begin(client).await?.into_stream()))
 }

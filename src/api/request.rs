@@ -175,6 +175,13 @@ impl GenRequest {
             )
     }
 
+    /// Whether a reply may be refused and generated again: one that must be checked, or
+    /// one whose tool calls must name the request's tools. Such a request's outcome is
+    /// counted once it is final, not at each attempt.
+    pub fn may_retry(&self) -> bool {
+        self.is_checked() || !self.tools.is_empty()
+    }
+
     /// One more attempt at choice group `prompt`: its prompt alone, one choice.
     pub fn retry_of(&self, prompt: usize) -> GenRequest {
         let mut g = self.clone();
