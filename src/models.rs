@@ -180,7 +180,15 @@ impl ModelManager {
             t.wait()?;
             return Ok(self.lease(name, started.elapsed()));
         }
-        let result = loader.load(name);
+        // A loader that panics must not leave its waiters, and every later request, waiting
+        // for a load that never ends: the panic is the load's failure.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loader.load(name)))
+            .unwrap_or_else(|_| {
+                Err(CatalogError::Invalid {
+                    model: name.to_string(),
+                    reason: "loading it panicked (a bug in rkserve: the log has the panic)".into(),
+                })
+            });
         let took = started.elapsed();
         let mut models = self.inner.models.lock();
         let Some(s) = models.get_mut(name) else {
@@ -367,6 +375,34 @@ mod tests {
             "the waiter shares the failure"
         );
         assert!(m.acquire("a", &|_: &str| Ok(())).is_ok());
+    }
+
+    #[test]
+    fn a_load_that_panics_fails_its_waiters_instead_of_leaving_them_waiting() {
+        let m = Arc::new(manager());
+        let waiter = {
+            let m = m.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(10));
+                m.acquire("a", &|_: &str| Ok(())).map(|_| ())
+            })
+        };
+        let panics = |_: &str| -> Result<(), CatalogError> {
+            std::thread::sleep(Duration::from_millis(50));
+            panic!("a loader bug")
+        };
+        match m.acquire("a", &panics) {
+            Err(CatalogError::Invalid { reason, .. }) => assert!(reason.contains("panicked")),
+            other => panic!("{:?}", other.map(|l| l.model().to_string())),
+        }
+        assert!(
+            waiter.join().unwrap().is_err(),
+            "the waiter shares the failure"
+        );
+        assert!(
+            m.acquire("a", &|_: &str| Ok(())).is_ok(),
+            "and the next load runs"
+        );
     }
 
     #[test]

@@ -686,3 +686,59 @@ async fn a_client_that_leaves_while_queued_gives_up_its_place() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A client that leaves while its model loads is counted once, as cancelled; the load goes
+/// on, and the model then serves the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_while_the_model_loads_is_counted_once() {
+    const LOAD: Duration = Duration::from_millis(3000);
+    let profile = format!(
+        "[timing]\ndecode_step_ms = 1.0\nload_ms = {}\n",
+        LOAD.as_millis()
+    );
+    // Not preloaded (another model is, for /ready): the first request loads it.
+    let quick = "[timing]\ndecode_step_ms = 1.0\n";
+    let s = Server::start_synthetic(
+        &[("slowload", &profile), ("quick", quick)],
+        &common::config(&["quick"], ""),
+        &[],
+    )
+    .await;
+    let url = s.url("/v1/chat/completions");
+    let body = json!({"model": "slowload", "max_tokens": 3,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let sent = Instant::now();
+    let leaving = tokio::spawn({
+        let (url, body) = (url.clone(), body.clone());
+        async move { reqwest::Client::new().post(&url).json(&body).send().await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    leaving.abort();
+    let cancelled = s.counter_when("rkserve_request_failure_total", 1.0).await;
+    assert_eq!(cancelled, 1.0, "the leaving client is counted once");
+    // The load began after the request was sent, so it had not ended: the client was let
+    // go while the model loaded, not once it was ready.
+    assert!(
+        sent.elapsed() < LOAD,
+        "the leaving client was noticed only after {:?}",
+        sent.elapsed()
+    );
+    let r = post_json(&url, &body).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        s.counter_when("rkserve_request_success_total", 1.0).await,
+        1.0
+    );
+    let metrics = reqwest::get(s.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let cancelled_line = metrics
+        .lines()
+        .find(|l| l.starts_with("rkserve_request_failure_total{") && l.contains("cancelled"))
+        .unwrap_or_else(|| panic!("no cancellation counted:\n{metrics}"));
+    assert!(cancelled_line.ends_with(" 1"), "{cancelled_line}");
+    assert_eq!(s.counter("rkserve_request_failure_total").await, 1.0);
+}

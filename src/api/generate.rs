@@ -172,6 +172,7 @@ pub async fn start(
     state: &web::Data<AppState>,
     served: Arc<Served>,
     g: &GenRequest,
+    client: &Client,
     counted_by_caller: bool,
 ) -> Result<Generation, ApiError> {
     let named = state.caches.apply(&served.entry.name, g)?;
@@ -179,7 +180,17 @@ pub async fn start(
     g.validate()?;
     structured::check_schema(&g.format, g.prompt_param)?;
     let prepared = prompt::prepare(&served, g)?;
-    let lease = acquire(state, &served).await?;
+    // A client that leaves while the model loads is gone before anything was queued: the
+    // load goes on for others, and the refusal counts the cancellation.
+    let lease = tokio::select! {
+        l = acquire(state, &served) => l?,
+        _ = client.gone() => {
+            return Err(ApiError {
+                counted: false,
+                ..ApiError::client_gone()
+            })
+        }
+    };
     let load_duration = lease.load_duration();
     let ctx = served.context_len;
     let ids: Vec<Option<Vec<i32>>> = prepared
@@ -345,7 +356,7 @@ async fn attempts(
     counted_by_caller: bool,
 ) -> Result<(Meta, Vec<Reply>), ApiError> {
     let retries = state.catalog.config().server.structured_retries;
-    let generation = start(state, served, g, counted_by_caller).await?;
+    let generation = start(state, served, g, client, counted_by_caller).await?;
     let (meta, n) = (generation.meta(), generation.choices);
     let mut replies = read_replies(generation.begin(client).await?, n, client).await?;
     for attempt in 0..=retries {
@@ -377,7 +388,7 @@ async fn attempts(
         // Each failing choice again on its own, from the prompt it came from.
         for (i, _) in failing {
             let one = g.retry_of(i / g.n);
-            let again = start(state, meta.served.clone(), &one, counted_by_caller).await?;
+            let again = start(state, meta.served.clone(), &one, client, counted_by_caller).await?;
             let frames = again.begin(client).await?;
             replies[i] = read_replies(frames, 1, client).await?.remove(0);
         }
@@ -402,7 +413,7 @@ pub async fn stream(
             .collect();
         return Ok((meta, stream::iter(frames).boxed()));
     }
-    let generation = start(state, served, g, false).await?;
+    let generation = start(state, served, g, client, false).await?;
     let meta = generation.meta();
     Ok((meta, generation.begin(client).await?.into_stream()))
 }
