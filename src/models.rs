@@ -20,6 +20,8 @@ pub struct Lease {
     manager: Arc<Inner>,
     name: String,
     waited: Duration,
+    /// The span of the request that took it.
+    span: tracing::Span,
 }
 
 impl Lease {
@@ -41,6 +43,9 @@ impl std::fmt::Debug for Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        // Dropped when the response body ends, outside the handler: what the release logs
+        // (an unload) belongs to the request that held the lease.
+        let _request = self.span.enter();
         self.manager.release(&self.name);
     }
 }
@@ -217,6 +222,7 @@ impl ModelManager {
             manager: self.inner.clone(),
             name: name.to_string(),
             waited,
+            span: tracing::Span::current(),
         }
     }
 

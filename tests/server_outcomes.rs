@@ -273,4 +273,36 @@ async fn every_line_a_request_causes_carries_its_id() {
         "the access line carries the id:\n{log}"
     );
     assert!(tagged(&made).iter().any(|l| l.contains("GET /health 200")));
+
+    // An unload that a request's keep_alive 0 causes once its streamed reply has gone out
+    // (its lease released as the body ended): logged under that request's id too.
+    let r = client
+        .post(s.url("/api/generate"))
+        .header("x-request-id", "unload-me-7")
+        .json(
+            &json!({"model": "flaky", "prompt": "hi", "keep_alive": 0, "stream": true,
+            "options": {"num_predict": 2}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Streamed: the body, and with it the lease, ends after the handler has returned.
+    assert!(r.text().await.unwrap().contains("\"done\":true"));
+    let t = Instant::now();
+    let unloaded = loop {
+        let log = s.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("unloaded"))
+            .map(str::to_string);
+        if line.is_some() || t.elapsed() > Duration::from_secs(5) {
+            break line.unwrap_or_else(|| panic!("no unload logged:\n{log}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        unloaded.contains("request{id=unload-me-7}"),
+        "the unload line carries the id: {unloaded}"
+    );
 }
