@@ -1,7 +1,9 @@
 //! A seeded corpus of hostile requests across the endpoints, as a fuzzer would send them:
-//! wrong types, absurd numbers, NUL characters, truncated JSON, random bytes. Every one must
-//! get an answer (no connection closed without a response), no 5xx (the synthetic model
-//! never fails a run), every error in its API's shape, and the server must serve afterwards.
+//! wrong types, absurd numbers, NUL characters, truncated JSON, random bytes. They go eight
+//! at a time, so hostile requests share runs with each other and with good ones. Every one
+//! must get an answer (no connection closed without a response), no 5xx (the synthetic
+//! model never fails a run), every error in its API's shape, and the server must serve
+//! afterwards.
 
 mod common;
 
@@ -71,6 +73,9 @@ fn base(path: &str) -> Value {
         "/api/generate" => {
             json!({"model": "tiny", "stream": false, "options": {"num_predict": 4}, "prompt": "hi"})
         }
+        "/v1/embeddings" => json!({"model": "tiny", "input": ["hi", "there"]}),
+        "/api/embed" => json!({"model": "tiny", "input": "hi"}),
+        "/api/embeddings" => json!({"model": "tiny", "prompt": "hi"}),
         _ => json!({"model": "tiny"}),
     }
 }
@@ -99,6 +104,10 @@ const FIELDS: &[&str] = &[
     "raw",
     "name",
     "logprobs",
+    "input",
+    "dimensions",
+    "encoding_format",
+    "truncate",
 ];
 
 const PATHS: &[&str] = &[
@@ -109,6 +118,9 @@ const PATHS: &[&str] = &[
     "/api/show",
     "/api/pull",
     "/v1/models/tiny/load",
+    "/v1/embeddings",
+    "/api/embed",
+    "/api/embeddings",
 ];
 
 /// One hostile body for `path`: a valid request with fields replaced, or broken JSON.
@@ -154,43 +166,73 @@ async fn hostile_requests_get_clean_answers_and_the_server_survives() {
         .build()
         .unwrap();
     let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let corpus: Vec<(&str, Vec<u8>)> = (0..300)
+        .map(|_| {
+            let path = *rng.pick(PATHS);
+            (path, body(&mut rng, path))
+        })
+        .collect();
     let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
-    for i in 0..300 {
-        let path = *rng.pick(PATHS);
-        let body = body(&mut rng, path);
-        let shown = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
-        let r = client
-            .post(s.url(path))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap_or_else(|e| {
-                panic!("request {i} {path} {shown}: no response: {e}\n{}", s.log())
-            });
-        let status = r.status().as_u16();
-        let text = r
-            .text()
-            .await
-            .unwrap_or_else(|e| panic!("request {i} {path} {shown}: body cut: {e}"));
-        *statuses.entry(status).or_default() += 1;
-        assert!(status < 500, "request {i} {path} {shown}: {status} {text}");
-        if status >= 400 {
-            let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| {
-                panic!("request {i} {path} {shown}: error body not JSON: {text}")
-            });
-            let message = if path.starts_with("/api/") {
-                v["error"].as_str()
-            } else {
-                v["error"]["message"].as_str()
-            };
+    let mut served = std::collections::BTreeSet::new();
+    for (n, group) in corpus.chunks(8).enumerate() {
+        let sent = group.iter().enumerate().map(|(k, (path, body))| {
+            let (client, url) = (&client, s.url(path));
+            async move {
+                let i = n * 8 + k;
+                let shown = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+                let r = client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| panic!("request {i} {path} {shown}: no response: {e}"));
+                let status = r.status().as_u16();
+                let text = r
+                    .text()
+                    .await
+                    .unwrap_or_else(|e| panic!("request {i} {path} {shown}: body cut: {e}"));
+                (i, *path, shown, status, text)
+            }
+        });
+        for (i, path, shown, status, text) in futures_util::future::join_all(sent).await {
+            *statuses.entry(status).or_default() += 1;
+            if status == 200 {
+                served.insert(path);
+            }
             assert!(
-                message.is_some_and(|m| !m.is_empty()),
-                "request {i} {path} {shown}: not the API's error shape: {text}"
+                status < 500,
+                "request {i} {path} {shown}: {status} {text}\n{}",
+                s.log()
             );
+            if status >= 400 {
+                let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| {
+                    panic!("request {i} {path} {shown}: error body not JSON: {text}")
+                });
+                let message = if path.starts_with("/api/") {
+                    v["error"].as_str()
+                } else {
+                    v["error"]["message"].as_str()
+                };
+                assert!(
+                    message.is_some_and(|m| !m.is_empty()),
+                    "request {i} {path} {shown}: not the API's error shape: {text}"
+                );
+            }
         }
     }
-    // The corpus must reach both outcomes, or it tests nothing.
+    // The corpus must reach both outcomes, generation and embeddings, or it tests nothing.
+    for path in [
+        "/v1/chat/completions",
+        "/api/generate",
+        "/v1/embeddings",
+        "/api/embed",
+    ] {
+        assert!(
+            served.contains(path),
+            "{path} never answered 200: {served:?}"
+        );
+    }
     assert!(statuses.get(&200).is_some_and(|&n| n > 20), "{statuses:?}");
     assert!(statuses.get(&400).is_some_and(|&n| n > 50), "{statuses:?}");
     assert_eq!(reqwest::get(s.url("/health")).await.unwrap().status(), 200);
