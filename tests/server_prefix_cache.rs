@@ -242,6 +242,20 @@ async fn across_instances_a_request_goes_where_its_prefix_is() {
         "[scheduler]\nn_batch = 1\ninstances = 2\n\n[prompt_cache]\nenabled = false\n",
     );
     let server = Server::start(&workspace_models(), &cfg, &[]).await;
+    // Ready means one instance is: on a busy machine the other may still be loading, and
+    // would then take no part in the first pair.
+    let t = std::time::Instant::now();
+    while !server.loaded(DEFAULT_MODEL).await["instances"]
+        .as_array()
+        .is_some_and(|i| i.len() == 2 && i.iter().all(|i| i["state"] == "idle"))
+    {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(60),
+            "{}",
+            server.loaded(DEFAULT_MODEL).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let ask_with = |system: &'static str, question: &'static str| {
         let server = &server;
         async move {

@@ -4,7 +4,8 @@
 //! prompt shared by many requests once per slot, not once per request. Continuing requests
 //! never move: they keep their slot, whose cache holds their whole context. Across the
 //! instances of a model, an idle instance leaves a waiting request to another idle one that
-//! holds much more of its prompt ([`better_elsewhere`]).
+//! holds much more of its prompt, or that has an empty slot where it would evict one
+//! ([`better_elsewhere`]).
 
 /// Items (bytes of text, token ids) two sequences share at their start.
 pub fn common_prefix<T: PartialEq>(a: &[T], b: &[T]) -> usize {
@@ -48,21 +49,39 @@ pub fn assign(free: &[usize], cached: &[&[u8]], prompts: &[&[u8]]) -> Vec<usize>
 }
 
 /// Bytes of a prompt another instance must hold beyond what this one holds before a request
-/// is left to it: a few tokens are not worth handing the request over.
+/// is left to it; also the least shared prefix worth keeping a slot for. A few tokens are not
+/// worth handing the request over, nor evicting what a slot holds.
 pub const ELSEWHERE_MIN_GAIN: usize = 64;
 
-/// The longest prefix of `prompt` that one of `held` (texts a runtime holds) starts with.
-pub fn best_prefix(held: &[Vec<u8>], prompt: &[u8]) -> usize {
-    held.iter()
-        .map(|h| common_prefix(h, prompt))
-        .max()
-        .unwrap_or(0)
+/// What an instance's runtime holds, as placement sees it for one prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holding {
+    /// The longest prefix of the prompt that one of its texts starts with.
+    pub prefix: usize,
+    /// One of its slots holds nothing: the prompt can go there without evicting anything.
+    pub empty_slot: bool,
 }
 
-/// Whether `prompt` is better placed elsewhere: `elsewhere` (the longest prefix of it that
-/// another idle instance holds) exceeds `here` (this instance's) by [`ELSEWHERE_MIN_GAIN`].
-pub fn better_elsewhere(here: usize, elsewhere: usize) -> bool {
-    elsewhere >= here.saturating_add(ELSEWHERE_MIN_GAIN)
+/// `held` (an instance's slot texts, and its prompt-cache file's prefix) for `prompt`.
+pub fn holding(held: &[Vec<u8>], prompt: &[u8]) -> Holding {
+    Holding {
+        prefix: held
+            .iter()
+            .map(|h| common_prefix(h, prompt))
+            .max()
+            .unwrap_or(0),
+        empty_slot: held.iter().any(Vec::is_empty),
+    }
+}
+
+/// Whether a prompt is better placed on another idle instance (`there`) than here: there
+/// holds [`ELSEWHERE_MIN_GAIN`] bytes more of it; or neither holds enough of it to matter
+/// and there it fills an empty slot, where here it would evict what a slot holds (as
+/// llama.cpp's server takes a free slot over one whose cache is worth keeping).
+pub fn better_elsewhere(here: Holding, there: Holding) -> bool {
+    let useless = |h: Holding| h.prefix < ELSEWHERE_MIN_GAIN;
+    there.prefix >= here.prefix.saturating_add(ELSEWHERE_MIN_GAIN)
+        || (useless(here) && useless(there) && there.empty_slot && !here.empty_slot)
 }
 
 /// Prompt tokens a new request is expected to prefill: those past the longest prefix the
@@ -169,18 +188,47 @@ mod tests {
     fn a_request_is_left_to_the_instance_holding_much_more_of_it() {
         let system = vec![b's'; 300];
         let prompt = [system.as_slice(), b"question"].concat();
-        let holds_it = vec![Vec::new(), system.clone()];
-        let holds_a_bit = vec![system[..40].to_vec()];
-        assert_eq!(best_prefix(&holds_it, &prompt), 300);
-        assert_eq!(best_prefix(&holds_a_bit, &prompt), 40);
-        assert_eq!(best_prefix(&[], &prompt), 0);
+        let holds_it = holding(&[Vec::new(), system.clone()], &prompt);
+        let holds_a_bit = holding(&[system[..40].to_vec()], &prompt);
+        assert_eq!(holds_it.prefix, 300);
+        assert_eq!(holds_a_bit.prefix, 40);
+        assert_eq!(holding(&[], &prompt).prefix, 0);
         // 260 bytes more elsewhere: worth leaving; the other way round, never.
-        assert!(better_elsewhere(40, 300));
-        assert!(!better_elsewhere(300, 40));
+        assert!(better_elsewhere(holds_a_bit, holds_it));
+        assert!(!better_elsewhere(holds_it, holds_a_bit));
         // A few tokens more elsewhere are not worth a hand-over; nor is a tie.
-        assert!(!better_elsewhere(300, 300 + ELSEWHERE_MIN_GAIN - 1));
-        assert!(better_elsewhere(300, 300 + ELSEWHERE_MIN_GAIN));
-        assert!(!better_elsewhere(0, 0));
+        let full = |prefix| Holding {
+            prefix,
+            empty_slot: false,
+        };
+        assert!(!better_elsewhere(
+            full(300),
+            full(300 + ELSEWHERE_MIN_GAIN - 1)
+        ));
+        assert!(better_elsewhere(full(300), full(300 + ELSEWHERE_MIN_GAIN)));
+        assert!(!better_elsewhere(full(0), full(0)));
+    }
+
+    #[test]
+    fn a_prompt_nobody_holds_goes_where_it_evicts_nothing() {
+        let prompt = b"<|im_start|>system\nYou plan train trips.";
+        // Here every slot holds another system prompt (a few template bytes shared); there
+        // a slot holds nothing.
+        let here = holding(&[b"<|im_start|>system\nYou write code.".to_vec()], prompt);
+        let there = holding(
+            &[b"<|im_start|>system\nYou cook.".to_vec(), Vec::new()],
+            prompt,
+        );
+        assert!(here.prefix > 0 && here.prefix < ELSEWHERE_MIN_GAIN);
+        assert!(there.empty_slot && !here.empty_slot);
+        assert!(better_elsewhere(here, there));
+        // Not the other way round, nor when both have an empty slot.
+        assert!(!better_elsewhere(there, here));
+        assert!(!better_elsewhere(there, there));
+        // A prefix worth keeping here stays here, empty slot elsewhere or not.
+        let long = [vec![b'x'; 100], b"q".to_vec()].concat();
+        let holds_long = holding(&[vec![b'x'; 100]], &long);
+        assert!(!better_elsewhere(holds_long, holding(&[Vec::new()], &long)));
     }
 
     #[test]

@@ -165,6 +165,7 @@ fn instance_main(model: Arc<Model>, inst: Arc<Instance>, shared: Arc<Shared>, ge
     let mut cost = CostModel::new(Priors::default());
     // What each slot's KV cache was last given: new requests go where their prefix is.
     let mut cached: Vec<Vec<u8>> = vec![Vec::new(); n_batch];
+    publish_held(&model, &inst, &cached, None);
     // The key of the prompt-cache file loaded into the handle, and its prefix's text.
     let mut loaded_prefix: Option<(String, Vec<u8>)> = None;
     let mut carry: Vec<Option<Sequence>> = (0..n_batch).map(|_| None).collect();
@@ -344,10 +345,10 @@ fn publish_held(model: &Model, inst: &Instance, cached: &[Vec<u8>], file: Option
     held.extend(file.map(<[u8]>::to_vec));
 }
 
-/// Whether another idle instance of the model (or one whose run has no request left) holds
-/// much more of `r`'s prompt than `inst` does ([`affinity::better_elsewhere`]): `inst` then
-/// leaves it to that one, which prefills only what it does not hold. A busy instance is no
-/// better home: the request would wait.
+/// Whether another idle instance of the model (or one whose run has no request left) is the
+/// better home for `r` ([`affinity::better_elsewhere`]: it holds much more of the prompt, or
+/// an empty slot where `inst` would evict one): `inst` then leaves it to that one. A busy
+/// instance is no better home: the request would wait.
 fn held_elsewhere(model: &Model, inst: &Instance, r: &Request) -> bool {
     if model.instances.len() < 2 {
         return false;
@@ -361,9 +362,8 @@ fn held_elsewhere(model: &Model, inst: &Instance, r: &Request) -> bool {
         .iter()
         .filter(|o| o.index != inst.index && idle_soon(o))
         .any(|o| {
-            let here =
-                *here.get_or_insert_with(|| affinity::best_prefix(&inst.held.lock(), prompt));
-            affinity::better_elsewhere(here, affinity::best_prefix(&o.held.lock(), prompt))
+            let here = *here.get_or_insert_with(|| affinity::holding(&inst.held.lock(), prompt));
+            affinity::better_elsewhere(here, affinity::holding(&o.held.lock(), prompt))
         })
 }
 
