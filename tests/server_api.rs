@@ -729,12 +729,7 @@ async fn a_client_that_leaves_while_the_model_loads_is_counted_once() {
         s.counter_when("rkserve_request_success_total", 1.0).await,
         1.0
     );
-    let metrics = reqwest::get(s.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     let cancelled_line = metrics
         .lines()
         .find(|l| l.starts_with("rkserve_request_failure_total{") && l.contains("cancelled"))

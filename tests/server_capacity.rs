@@ -23,15 +23,6 @@ fn sample(text: &str, name: &str) -> Option<f64> {
         .and_then(|(_, v)| v.parse().ok())
 }
 
-async fn scrape(s: &Server) -> String {
-    reqwest::get(s.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 fn agent(port: u16) -> String {
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("agent port");
     conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -62,7 +53,7 @@ async fn streaming(s: &Server, n: usize, max_tokens: u32) -> SseLines {
 async fn until(s: &Server, what: &str, ok: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let text = scrape(s).await;
+        let text = s.metrics().await;
         if ok(&text) {
             return text;
         }
@@ -79,7 +70,7 @@ async fn gauges_and_agent_report_free_capacity() {
     let s =
         Server::start_synthetic(&[("slow", PROFILE)], &config, &["--agent-port", &port_arg]).await;
 
-    let idle = scrape(&s).await;
+    let idle = s.metrics().await;
     assert_eq!(
         sample(&idle, "vllm:num_requests_waiting"),
         Some(0.0),
@@ -156,7 +147,7 @@ async fn gauges_and_agent_report_free_capacity() {
         assert!(Instant::now() < deadline, "the model never unloaded");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let gone = scrape(&s).await;
+    let gone = s.metrics().await;
     assert_eq!(
         sample(&gone, "vllm:num_requests_running"),
         Some(0.0),

@@ -21,15 +21,6 @@ fn failures(text: &str, model: &str, kind: &str) -> f64 {
         .sum()
 }
 
-async fn metrics(s: &Server) -> String {
-    reqwest::get(s.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 fn completion(model: &str, max_tokens: u32) -> Value {
     json!({"model": model, "prompt": "count with me", "max_tokens": max_tokens})
 }
@@ -145,7 +136,7 @@ async fn failure_counters_equal_what_the_clients_saw() {
     // The cancellation is counted once the server notices the closed connection.
     let t = Instant::now();
     let text = loop {
-        let text = metrics(&s).await;
+        let text = s.metrics().await;
         if failures(&text, "slow", "cancelled") >= 1.0 || t.elapsed() > Duration::from_secs(10) {
             break text;
         }
@@ -163,7 +154,7 @@ async fn failure_counters_equal_what_the_clients_saw() {
     // Nothing else is counted later (a failure counted twice shows up late, from the
     // instance thread).
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let again = metrics(&s).await;
+    let again = s.metrics().await;
     for model in ["flaky", "slow"] {
         for kind in kinds {
             assert_eq!(
@@ -208,7 +199,7 @@ async fn a_request_generated_again_is_counted_once() {
 
     let success = "rkserve_request_success_total";
     assert_eq!(s.counter_when(success, 1.0).await, 1.0);
-    let text = metrics(&s).await;
+    let text = s.metrics().await;
     assert_eq!(failures(&text, "scripted", "bad_request"), 2.0, "{text}");
     // Nothing more is counted later, from the instance thread.
     tokio::time::sleep(Duration::from_millis(500)).await;

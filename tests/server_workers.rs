@@ -235,12 +235,7 @@ async fn init_crashes_above_an_n_batch_fall_back_to_one_that_works() {
     for r in [a, b, c] {
         assert_serves(&r);
     }
-    let text = reqwest::get(s.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics().await;
     let fallbacks = text
         .lines()
         .find(|l| l.starts_with("rkserve_n_batch_fallbacks_total{"))

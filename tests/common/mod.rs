@@ -204,14 +204,19 @@ impl Server {
         out
     }
 
-    /// A counter's value summed over its series, from the Prometheus exposition.
-    pub async fn counter(&self, name: &str) -> f64 {
-        let text = reqwest::get(self.url("/metrics"))
+    /// The Prometheus exposition.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
             .await
             .expect("GET /metrics")
             .text()
             .await
-            .expect("body");
+            .expect("body")
+    }
+
+    /// A counter's value summed over its series, from the Prometheus exposition.
+    pub async fn counter(&self, name: &str) -> f64 {
+        let text = self.metrics().await;
         text.lines()
             .filter(|l| l.starts_with(name) && !l.starts_with('#'))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
