@@ -732,7 +732,11 @@ async fn a_client_that_leaves_while_the_model_loads_is_counted_once() {
     let metrics = s.metrics().await;
     let cancelled_line = metrics
         .lines()
-        .find(|l| l.starts_with("rkserve_request_failure_total{") && l.contains("cancelled"))
+        .find(|l| {
+            l.starts_with("rkserve_request_failure_total{")
+                && l.contains("model=\"slowload\"")
+                && l.contains("kind=\"cancelled\"")
+        })
         .unwrap_or_else(|| panic!("no cancellation counted:\n{metrics}"));
     assert!(cancelled_line.ends_with(" 1"), "{cancelled_line}");
     assert_eq!(s.counter("rkserve_request_failure_total").await, 1.0);
