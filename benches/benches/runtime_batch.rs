@@ -407,6 +407,8 @@ impl<'m> Plain<'m> {
             .with_n_ctx(NonZeroU32::new((CONTEXT_PER_SEQ * n) as u32))
             .with_n_seq_max(n as u32)
             .with_kv_unified(false)
+            // The runtime's attention, so that the two paths compute the same thing.
+            .with_flash_attention_policy(rkllmrt::engine::llama::flash_attention())
             .with_n_batch(BATCH_CAPACITY as u32)
             .with_n_ubatch(BATCH_CAPACITY as u32)
             .with_n_threads(threads as i32)

@@ -146,12 +146,15 @@ pub struct LlamaEngine<'m> {
 const EMBED_CHUNK: usize = 128;
 
 /// llama.cpp's CPU flash attention takes its tiled path only for 64 query tokens or more;
-/// a warm prompt of a dozen new tokens goes through the per-token path, ~3x the CPU time of
-/// plain matrix-product attention (docs/runtime.md). Off, a warm request is that much
-/// cheaper, but a reply cut and resumed (issue 12) is no longer bit-exact with greedy
-/// sampling: matrix products round differently by batch size. So it stays llama.cpp's choice
-/// (`auto`) unless `RKLLM_CPU_FLASH_ATTN` says `0` or `1`.
-fn flash_attention() -> llama_cpp_sys_2::llama_flash_attn_type {
+/// below that each query token walks every cached position alone, ~3x the CPU time of plain
+/// matrix-product attention for a warm prompt of a dozen new tokens, and 2.3x for decoding
+/// 8 slots of 400 tokens (docs/runtime.md). It stays on: plain attention rounds by the
+/// shape of each pass, not by the query token alone, so a greedy reply batched with others
+/// and cut and resumed drifts from the same reply served alone (even when both start from
+/// the same warm slot), which continuous batching promises it does not. The per-token path
+/// computes each query the same whatever the batch. `RKLLM_CPU_FLASH_ATTN=0` turns it off,
+/// `1` forces it on; otherwise it is llama.cpp's choice (`auto`: on, on CPUs).
+pub fn flash_attention() -> llama_cpp_sys_2::llama_flash_attn_type {
     match std::env::var("RKLLM_CPU_FLASH_ATTN").as_deref() {
         Ok("0") => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
         Ok("1") => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
