@@ -62,11 +62,19 @@ fn with_system(messages: &mut Vec<ChatMessage>, text: &str) {
     }
 }
 
-/// How much of `full` the conversation's leading system message accounts for: that message
-/// rendered alone (with the same tools, which templates put beside it), as far as it agrees
-/// with the whole rendering. `shared`: the part of the system text other requests share (a
-/// named cache's), when that is not all of it. `None` without a system message, or when the
-/// template renders nothing it shares (or refuses a conversation of a system message alone).
+/// Stands for the first user message's content when the head of a conversation is rendered:
+/// what precedes it there is the same for every conversation that opens with that system
+/// message and a user turn.
+const USER_CONTENT_MARK: &str = "\u{E000}rkserve-user-content\u{E000}";
+
+/// How much of `full` the conversation's leading system message accounts for, with the
+/// template text that opens the user turn after it: the system message and a placeholder
+/// user message rendered (with the same tools, which templates put beside it), up to the
+/// placeholder, as far as that agrees with the whole rendering. Taking the user turn's
+/// opening too means a prompt-cache file holds every token a later request shares with it,
+/// so that request prefills only its own question. `shared`: the part of the system text
+/// other requests share (a named cache's), when that is not all of it. `None` without a
+/// system message, or when the template renders nothing it shares (or refuses the head).
 fn system_prefix(
     template: &ChatTemplate,
     messages: &[ChatMessage],
@@ -84,9 +92,18 @@ fn system_prefix(
         continue_final_message: false,
         ..*opts
     };
-    let head = template
-        .render_opts(std::slice::from_ref(&first), &alone)
-        .ok()?;
+    let opened = [first.clone(), ChatMessage::new("user", USER_CONTENT_MARK)];
+    let opened_head = template.render_opts(&opened, &alone).ok().and_then(|mut text| {
+        text.truncate(text.find(USER_CONTENT_MARK)?);
+        Some(text)
+    });
+    let head = match opened_head {
+        Some(head) => head,
+        // A template that drops or rewrites the user's text: the system message alone.
+        None => template
+            .render_opts(std::slice::from_ref(&first), &alone)
+            .ok()?,
+    };
     let mut n = scheduler::affinity::common_prefix(head.as_bytes(), full.as_bytes());
     while !full.is_char_boundary(n) {
         n -= 1;
@@ -175,4 +192,39 @@ pub fn prepare(served: &Served, g: &GenRequest) -> Result<Prepared, ApiError> {
         prefixes,
         parse,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shared head of a conversation ends where its first user message's text begins,
+    /// for every built-in template: the system text and the user turn's opening are in it,
+    /// the question is not.
+    #[test]
+    fn the_system_prefix_ends_where_the_question_begins() {
+        let system = "You are a careful assistant who answers in one line.";
+        let question = "What is the capital of France?";
+        let messages = [
+            ChatMessage::new("system", system),
+            ChatMessage::new("user", question),
+        ];
+        let opts = RenderOptions {
+            add_generation_prompt: true,
+            ..Default::default()
+        };
+        for family in ChatTemplate::builtin_families() {
+            let t = ChatTemplate::builtin(family).unwrap();
+            let full = t.render_opts(&messages, &opts).unwrap();
+            let n = system_prefix(&t, &messages, &opts, &full, None)
+                .unwrap_or_else(|| panic!("{family}: no prefix in {full:?}"));
+            let head = &full[..n];
+            assert!(head.contains(system), "{family}: {head:?}");
+            assert!(
+                full[n..].starts_with(question),
+                "{family}: the prefix {head:?} stops before {:?}",
+                &full[n..]
+            );
+        }
+    }
 }
