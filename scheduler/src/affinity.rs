@@ -1,5 +1,6 @@
 //! Which free slot a new request goes to: the one whose cached context shares the longest
-//! prefix with its prompt, as llama.cpp's server picks slots. A runtime that reuses a slot's
+//! prefix with its prompt, as llama.cpp's server picks slots, or an empty one where that
+//! prefix is a few template bytes ([`pick`]). A runtime that reuses a slot's
 //! prefix (the CPU runtime; perhaps Rockchip's with a prompt cache) then prefills a system
 //! prompt shared by many requests once per slot, not once per request. Continuing requests
 //! never move: they keep their slot, whose cache holds their whole context. Across the
@@ -21,29 +22,44 @@ pub fn tokens_in(prompt_tokens: usize, prompt_bytes: usize, bytes: f64) -> f64 {
     prompt_tokens as f64 * bytes / prompt_bytes as f64
 }
 
-/// Assigns each prompt, in order (oldest first), the free slot whose `cached` text shares the
-/// longest prefix with it; ties go to the lowest slot. Returns one slot per prompt, or fewer
-/// when the free slots run out.
+/// Of the free slots, the one a prompt goes to, given what each shares with it (`shared`) and
+/// whether it holds anything (`held`): the longest shared prefix, the lowest slot among
+/// equals. A slot that shares less than [`ELSEWHERE_MIN_GAIN`] bytes but holds something is
+/// passed over for an empty one, as llama.cpp's server takes an unused slot when no slot's
+/// cache is similar enough: a few template bytes are not worth evicting a conversation its
+/// next turn would reuse.
+fn pick(
+    free: impl Iterator<Item = usize> + Clone,
+    shared: impl Fn(usize) -> usize,
+    held: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    let (n, std::cmp::Reverse(best)) = free
+        .clone()
+        .map(|s| (shared(s), std::cmp::Reverse(s)))
+        .max()?;
+    if n < ELSEWHERE_MIN_GAIN && held(best) {
+        if let Some(empty) = free.filter(|&s| !held(s)).min() {
+            return Some(empty);
+        }
+    }
+    Some(best)
+}
+
+/// Assigns each prompt, in order (oldest first), a free slot by [`pick`]. Returns one slot
+/// per prompt, or fewer when the free slots run out.
 pub fn assign(free: &[usize], cached: &[&[u8]], prompts: &[&[u8]]) -> Vec<usize> {
     let mut free: Vec<usize> = free.to_vec();
-    free.sort_unstable();
+    let text = |s: usize| cached.get(s).copied().unwrap_or(&[]);
     let mut out = Vec::with_capacity(prompts.len().min(free.len()));
     for p in prompts {
-        let best = free
-            .iter()
-            .enumerate()
-            .max_by(|(_, &a), (_, &b)| {
-                let (ca, cb) = (
-                    common_prefix(cached.get(a).copied().unwrap_or(&[]), p),
-                    common_prefix(cached.get(b).copied().unwrap_or(&[]), p),
-                );
-                // Longest prefix first; among equals the lower slot (max_by keeps the last
-                // maximum, so a higher index must compare as smaller).
-                ca.cmp(&cb).then(b.cmp(&a))
-            })
-            .map(|(i, _)| i);
-        let Some(i) = best else { break };
-        out.push(free.remove(i));
+        let chosen = pick(
+            free.iter().copied(),
+            |s| common_prefix(text(s), p),
+            |s| !text(s).is_empty(),
+        );
+        let Some(slot) = chosen else { break };
+        free.retain(|&s| s != slot);
+        out.push(slot);
     }
     out
 }
@@ -85,7 +101,7 @@ pub fn better_elsewhere(here: Holding, there: Holding) -> bool {
 }
 
 /// Prompt tokens a new request is expected to prefill: those past the longest prefix the
-/// runtime can reuse, either the cached text of the free slot it would take (the best of
+/// runtime can reuse, either the cached text of the free slot it would take (by [`pick`] of
 /// `free`, a bit per slot, which it then takes; reused at `own_reuse`, 0 to 1, what the
 /// runtime was seen to keep of a slot's prefix) or the loaded prompt-cache file's prefix
 /// (reused whole, in any slot: the runtime loaded it). Counted in proportion to bytes; at
@@ -98,14 +114,16 @@ pub fn expected_prefill(
     file_prefix: &[u8],
     own_reuse: f64,
 ) -> usize {
-    let best = (0..cached.len().min(64))
-        .filter(|&i| *free & (1 << i) != 0)
-        .map(|i| (common_prefix(&cached[i], prompt), std::cmp::Reverse(i)))
-        .max();
-    let own = match best {
-        Some((n, std::cmp::Reverse(i))) => {
+    let bits = *free;
+    let chosen = pick(
+        (0..cached.len().min(64)).filter(|&i| bits & (1 << i) != 0),
+        |i| common_prefix(&cached[i], prompt),
+        |i| !cached[i].is_empty(),
+    );
+    let own = match chosen {
+        Some(i) => {
             *free &= !(1 << i);
-            n
+            common_prefix(&cached[i], prompt)
         }
         None => 0,
     };
@@ -128,13 +146,36 @@ mod tests {
 
     #[test]
     fn a_prompt_goes_where_its_prefix_is_cached() {
-        let cached: Vec<&[u8]> = vec![b"system A: hello", b"", b"system B: hi", b"system A"];
-        let slots = assign(
-            &[0, 1, 2, 3],
-            &cached,
-            &[b"system B: what", b"system A: help"],
+        let a = [vec![b'a'; 80], b": hello".to_vec()].concat();
+        let b = [vec![b'b'; 80], b": hi".to_vec()].concat();
+        let cached: Vec<&[u8]> = vec![&a, b"", &b, &a[..80]];
+        let (qa, qb) = (
+            [&a[..80], b": help"].concat(),
+            [&b[..80], b": what"].concat(),
         );
+        let slots = assign(&[0, 1, 2, 3], &cached, &[&qb, &qa]);
         assert_eq!(slots, vec![2, 0]);
+    }
+
+    #[test]
+    fn a_prompt_sharing_only_a_few_bytes_takes_an_empty_slot_over_evicting() {
+        let conversation =
+            b"<|im_start|>system\nYou write code.<|im_end|>\n<|im_start|>user\nA long talk";
+        let cached: Vec<&[u8]> = vec![conversation, b"", b""];
+        let other: &[u8] = b"<|im_start|>system\nYou plan train trips.";
+        assert!(common_prefix(conversation, other) < ELSEWHERE_MIN_GAIN);
+        // The lowest empty slot, not the conversation's, though it shares a few bytes.
+        assert_eq!(assign(&[0, 1, 2], &cached, &[other]), vec![1]);
+        // With no empty slot free, the best one all the same.
+        assert_eq!(assign(&[0], &cached, &[other]), vec![0]);
+        // The conversation's next turn shares all of it: its slot.
+        let next = [conversation.as_slice(), b" and more"].concat();
+        assert_eq!(assign(&[0, 1, 2], &cached, &[&next]), vec![0]);
+        // The estimate follows the same choice: the empty slot, so all of the prompt.
+        let owned: Vec<Vec<u8>> = cached.iter().map(|c| c.to_vec()).collect();
+        let mut free = 0b111u64;
+        assert_eq!(expected_prefill(other, 12, &owned, &mut free, b"", 1.0), 12);
+        assert_eq!(free, 0b101);
     }
 
     #[test]
@@ -147,8 +188,10 @@ mod tests {
 
     #[test]
     fn a_newcomer_prefills_what_its_free_slot_or_the_file_does_not_hold() {
-        let prompt = b"system prompt of forty bytes, and a q?";
-        let cached = vec![b"system prompt of forty bytes, other".to_vec(), Vec::new()];
+        let system = b"a system prompt long enough to be worth keeping a slot for it all, ";
+        let prompt = [system.as_slice(), b"and a question?"].concat();
+        let prompt = prompt.as_slice();
+        let cached = vec![[system.as_slice(), b"other"].concat(), Vec::new()];
         let all = || 0b11u64;
         // A runtime that reuses what its slots hold: only the question is left, and the
         // slot that holds the prefix is taken.
@@ -172,7 +215,7 @@ mod tests {
             40
         );
         // ... unless the prompt-cache file it loaded holds the prefix, in any slot.
-        let file = b"system prompt of forty bytes";
+        let file = system.as_slice();
         assert!(expected_prefill(prompt, 40, &cached, &mut 0, file, 0.0) < 15);
         // A file of another prefix is no help; nor is an empty prompt a division by zero.
         assert_eq!(

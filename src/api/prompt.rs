@@ -93,10 +93,13 @@ fn system_prefix(
         ..*opts
     };
     let opened = [first.clone(), ChatMessage::new("user", USER_CONTENT_MARK)];
-    let opened_head = template.render_opts(&opened, &alone).ok().and_then(|mut text| {
-        text.truncate(text.find(USER_CONTENT_MARK)?);
-        Some(text)
-    });
+    let opened_head = template
+        .render_opts(&opened, &alone)
+        .ok()
+        .and_then(|mut text| {
+            text.truncate(text.find(USER_CONTENT_MARK)?);
+            Some(text)
+        });
     let head = match opened_head {
         Some(head) => head,
         // A template that drops or rewrites the user's text: the system message alone.
