@@ -400,13 +400,7 @@ async fn structured_output_is_valid_json_or_a_clear_error() {
     let r = post_json(&s.url("/v1/chat/completions"), &req).await;
     assert_eq!(r.status, 422, "{r:?}");
     assert_eq!(r.json["error"]["code"], "invalid_model_output");
-    let r = post_json(
-        &s.url("/api/chat"),
-        &json!({"model": "scripted", "stream": false, "format": "json",
-        "messages": [{"role": "user", "content": "bad json"}]}),
-    )
-    .await;
-    assert_eq!(r.status, 422, "{r:?}");
+    let r = common::ollama_json_is_refused(&s, "scripted").await;
     assert!(
         r.json["error"].as_str().unwrap().contains("not JSON"),
         "{r:?}"

@@ -189,13 +189,7 @@ async fn a_request_generated_again_is_counted_once() {
     // Three attempts each, then 422, in both APIs.
     let r = post_json(&url, &ask("bad json")).await;
     assert_eq!(r.status, 422, "{r:?}");
-    let r = post_json(
-        &s.url("/api/chat"),
-        &json!({"model": "scripted", "stream": false, "format": "json",
-            "messages": [{"role": "user", "content": "bad json"}]}),
-    )
-    .await;
-    assert_eq!(r.status, 422, "{r:?}");
+    common::ollama_json_is_refused(&s, "scripted").await;
 
     let success = "rkserve_request_success_total";
     assert_eq!(s.counter_when(success, 1.0).await, 1.0);

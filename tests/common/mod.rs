@@ -386,6 +386,16 @@ pub fn cached_usage(usage: &Value) -> (u64, u64) {
     )
 }
 
+/// An Ollama chat asking `model` (a scripted profile that answers "bad json" with text that is
+/// not JSON) for `format: "json"`: refused with 422 once its retries are spent.
+pub async fn ollama_json_is_refused(server: &Server, model: &str) -> Reply {
+    let body = serde_json::json!({"model": model, "stream": false, "format": "json",
+        "messages": [{"role": "user", "content": "bad json"}]});
+    let r = post_json(&server.url("/api/chat"), &body).await;
+    assert_eq!(r.status, 422, "{r:?}");
+    r
+}
+
 pub async fn post_json(url: &str, body: &Value) -> Reply {
     let r = reqwest::Client::new()
         .post(url)
