@@ -27,22 +27,23 @@ pub fn tokens_in(prompt_tokens: usize, prompt_bytes: usize, bytes: f64) -> f64 {
 /// equals. A slot that shares less than [`ELSEWHERE_MIN_GAIN`] bytes but holds something is
 /// passed over for an empty one, as llama.cpp's server takes an unused slot when no slot's
 /// cache is similar enough: a few template bytes are not worth evicting a conversation its
-/// next turn would reuse.
+/// next turn would reuse. Returns the slot and what it shares with the prompt.
 fn pick(
     free: impl Iterator<Item = usize> + Clone,
     shared: impl Fn(usize) -> usize,
     held: impl Fn(usize) -> bool,
-) -> Option<usize> {
+) -> Option<(usize, usize)> {
     let (n, std::cmp::Reverse(best)) = free
         .clone()
         .map(|s| (shared(s), std::cmp::Reverse(s)))
         .max()?;
     if n < ELSEWHERE_MIN_GAIN && held(best) {
         if let Some(empty) = free.filter(|&s| !held(s)).min() {
-            return Some(empty);
+            // A slot that holds nothing shares nothing.
+            return Some((empty, 0));
         }
     }
-    Some(best)
+    Some((best, n))
 }
 
 /// Assigns each prompt, in order (oldest first), a free slot by [`pick`]. Returns one slot
@@ -57,7 +58,7 @@ pub fn assign(free: &[usize], cached: &[&[u8]], prompts: &[&[u8]]) -> Vec<usize>
             |s| common_prefix(text(s), p),
             |s| !text(s).is_empty(),
         );
-        let Some(slot) = chosen else { break };
+        let Some((slot, _)) = chosen else { break };
         free.retain(|&s| s != slot);
         out.push(slot);
     }
@@ -121,9 +122,9 @@ pub fn expected_prefill(
         |i| !cached[i].is_empty(),
     );
     let own = match chosen {
-        Some(i) => {
+        Some((i, shared)) => {
             *free &= !(1 << i);
-            common_prefix(&cached[i], prompt)
+            shared
         }
         None => 0,
     };
