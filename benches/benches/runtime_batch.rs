@@ -403,14 +403,15 @@ impl<'m> Plain<'m> {
         n: usize,
         threads: usize,
     ) -> Result<Self, String> {
+        let kv = rkllmrt::engine::llama::kv_type();
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new((CONTEXT_PER_SEQ * n) as u32))
             .with_n_seq_max(n as u32)
             .with_kv_unified(false)
             // The runtime's attention and cache, so that the two paths compute the same thing.
             .with_flash_attention_policy(rkllmrt::engine::llama::flash_attention())
-            .with_type_k(rkllmrt::engine::llama::kv_type())
-            .with_type_v(rkllmrt::engine::llama::kv_type())
+            .with_type_k(kv)
+            .with_type_v(kv)
             .with_n_batch(BATCH_CAPACITY as u32)
             .with_n_ubatch(BATCH_CAPACITY as u32)
             .with_n_threads(threads as i32)

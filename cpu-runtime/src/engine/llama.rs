@@ -273,13 +273,14 @@ impl<'m> LlamaEngine<'m> {
         let n = cfg.n_batch;
         let batch_capacity = 512;
         let n_ctx = NonZeroU32::new((context_len * n) as u32);
+        let kv = kv_type();
         let params = LlamaContextParams::default()
             .with_n_ctx(n_ctx)
             .with_n_seq_max(n as u32)
             .with_kv_unified(false)
             .with_flash_attention_policy(flash_attention())
-            .with_type_k(kv_type())
-            .with_type_v(kv_type())
+            .with_type_k(kv)
+            .with_type_v(kv)
             .with_n_batch(batch_capacity as u32)
             .with_n_ubatch(batch_capacity as u32)
             .with_n_threads(cfg.threads)
